@@ -1,0 +1,83 @@
+"""Vector fields F(γ, y) for the implicit layers: any module called as ``field(y)``.
+
+Two basic families used by the paper examples:
+- :class:`MLPField` — F(y) = W_out σ(… σ(W_in y + b_in) …) (+ b_out), e.g. ex1's GELU MLP 2→10→10→10→2
+  without a last bias, ex2/ex3's ReLU MLPs.
+- :class:`ConvField` — pre-activation convolutional field F(y) = conv(σ(conv(σ(y)))) on feature maps.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["MLPField", "ConvField", "ACTIVATIONS", "make_activation"]
+
+ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "tanh": nn.Tanh,
+    "elu": nn.ELU,
+    "softplus": nn.Softplus,
+    "silu": nn.SiLU,
+    "identity": nn.Identity,
+}
+
+
+def make_activation(name: str) -> nn.Module:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; valid: {', '.join(sorted(ACTIVATIONS))}")
+    return ACTIVATIONS[name]()
+
+
+class MLPField(nn.Module):
+    """Fully connected field on vectors: ``dims = [d, w1, …, wk, d]``, activation between layers.
+
+    ``bias_last=False`` drops the bias of the output layer (ex1); ``init="xavier_uniform"`` as the
+    authors' code (biases zero), ``"default"`` keeps PyTorch's.
+    """
+
+    def __init__(self, dims: Sequence[int], activation: str = "relu", bias_last: bool = True,
+                 init: str = "xavier_uniform"):
+        super().__init__()
+        dims = [int(d) for d in dims]
+        if len(dims) < 2 or any(d < 1 for d in dims):
+            raise ValueError(f"MLPField dims must be >= 2 positive sizes, got {dims}")
+        if init not in ("xavier_uniform", "default"):
+            raise ValueError(f"unknown init {init!r}; valid: xavier_uniform, default")
+        layers = []
+        for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+            last = i == len(dims) - 2
+            lin = nn.Linear(a, b, bias=(bias_last or not last))
+            if init == "xavier_uniform":
+                nn.init.xavier_uniform_(lin.weight)
+                if lin.bias is not None:
+                    nn.init.zeros_(lin.bias)
+            layers.append(lin)
+            if not last:
+                layers.append(make_activation(activation))
+        self.net = nn.Sequential(*layers)
+        self.dims = dims
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.net(y)
+
+
+class ConvField(nn.Module):
+    """Pre-activation convolutional field on feature maps of ``channels`` channels (shape-preserving):
+    F(y) = conv₂(σ(conv₁(σ(y)))), 'same' padding (``padding_mode`` zeros or circular).
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 3, activation: str = "relu", hidden: int | None = None,
+                 bias: bool = True, padding_mode: str = "zeros"):
+        super().__init__()
+        hidden = hidden or channels
+        pad = kernel_size // 2
+        self.act1 = make_activation(activation)
+        self.conv1 = nn.Conv2d(channels, hidden, kernel_size, padding=pad, bias=bias, padding_mode=padding_mode)
+        self.act2 = make_activation(activation)
+        self.conv2 = nn.Conv2d(hidden, channels, kernel_size, padding=pad, bias=bias, padding_mode=padding_mode)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.act2(self.conv1(self.act1(y))))
