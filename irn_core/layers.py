@@ -24,7 +24,7 @@ from .solvers.base import SolverError, SolverSpec, SolverStats
 from .solvers.linear import LINEAR_SOLVERS
 from .solvers.nonlinear import NONLINEAR_SOLVERS
 
-__all__ = ["ThetaLayer", "ImplicitBlock", "ConvergenceWarning", "PHIS", "assign_names", "solver_stats"]
+__all__ = ["ThetaLayer", "ImplicitBlock", "ConvergenceWarning", "PHIS", "assign_names", "solver_stats", "implicit_layers"]
 
 PHIS = ("one_leg", "convex")
 NONCONVERGENCE_POLICIES = ("warn", "raise", "ignore")
@@ -77,6 +77,10 @@ class _Stepper:
         self.on_nonconvergence = on_nonconvergence
         self.name = name
         self._warned: set = set()
+        # keep_trajectory: store the states [y_0, …, y_T] of the last forward (with their graph) in
+        # ``last_trajectory`` so trajectory regularisers (eq 20) can use them after the model's forward.
+        self.keep_trajectory = False
+        self.last_trajectory: Optional[List[torch.Tensor]] = None
 
     @property
     def layer_name(self) -> str:
@@ -181,7 +185,17 @@ class ThetaLayer(_Stepper, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._fwd, self._bwd = [], []
-        return self._step(self.field, x, self.h, self._fwd, self._bwd)
+        y = self._step(self.field, x, self.h, self._fwd, self._bwd)
+        self.last_trajectory = [x, y] if self.keep_trajectory else None
+        return y
+
+    @property
+    def steps(self) -> int:
+        return 1
+
+    def field_at(self, t: int) -> nn.Module:
+        """F(γ_t, ·) of step t (a single step: t = 1)."""
+        return self.field
 
     @property
     def last_stats(self) -> Optional[SolverStats]:
@@ -242,12 +256,14 @@ class ImplicitBlock(_Stepper, nn.Module):
 
     def forward(self, x: torch.Tensor, return_trajectory: bool = False):
         self._fwd, self._bwd = [], []
+        keep = return_trajectory or self.keep_trajectory
         traj = [x]
         y = x
         for t in range(1, self.steps + 1):
             y = self._step(self.field_at(t), y, self.h, self._fwd, self._bwd)
-            if return_trajectory:
+            if keep:
                 traj.append(y)
+        self.last_trajectory = traj if self.keep_trajectory else None
         return (y, traj) if return_trajectory else y
 
     @property
@@ -273,10 +289,11 @@ def assign_names(model: nn.Module) -> nn.Module:
     return model
 
 
+def implicit_layers(model: nn.Module) -> Dict[str, "_Stepper"]:
+    """Every ThetaLayer/ImplicitBlock in ``model`` by qualified module path."""
+    return {(q or type(m).__name__): m for q, m in model.named_modules() if isinstance(m, _Stepper)}
+
+
 def solver_stats(model: nn.Module) -> Dict[str, Dict[str, List[Optional[SolverStats]]]]:
     """Forward/backward stats of the last call of every implicit layer in ``model``, by module path."""
-    out = {}
-    for qual, mod in model.named_modules():
-        if isinstance(mod, _Stepper):
-            out[qual or type(mod).__name__] = {"forward": list(mod._fwd), "backward": list(mod._bwd)}
-    return out
+    return {q: {"forward": list(m._fwd), "backward": list(m._bwd)} for q, m in implicit_layers(model).items()}

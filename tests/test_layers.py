@@ -237,3 +237,17 @@ def test_state_dict_roundtrip_shared_field():
     block2.load_state_dict(block.state_dict())
     x = torch.randn(2, 3, dtype=D)
     torch.testing.assert_close(block(x), block2(x))
+
+
+def test_keep_trajectory_for_regularisers():
+    block = ImplicitBlock(_mlp(), steps=3, theta=0.5)
+    x = torch.randn(2, 3, dtype=D, requires_grad=True)
+    block(x)
+    assert block.last_trajectory is None
+    block.keep_trajectory = True
+    y = block(x)
+    traj = block.last_trajectory
+    assert len(traj) == 4 and traj[0] is x and traj[-1] is y
+    # the stored states carry their graph: a penalty on them reaches the parameters through the IFT
+    traj[1].square().sum().backward()
+    assert all(p.grad is not None for p in block.parameters())
