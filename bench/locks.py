@@ -1,0 +1,45 @@
+"""Per-cell locks so that concurrent ``bench run``/workers on one machine never run a cell twice.
+
+An exclusive, non-blocking ``flock`` on ``<results>/locks/<experiment>/<spec hash>.lock``: the kernel
+releases it when the holder dies (even ``kill -9``), so a held lock always means a live runner, and a
+RUNNING run in the store whose lock is free was left by a dead process.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+from pathlib import Path
+from typing import Optional
+
+
+class CellLock:
+    def __init__(self, lock_dir: Path, experiment: str, spec_hash: str):
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", experiment)
+        self.path = Path(lock_dir) / safe / f"{spec_hash}.lock"
+        self._fd: Optional[int] = None
+
+    def acquire(self) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

@@ -1,0 +1,482 @@
+"""Suite files: strict schema, safe YAML loading, matrix expansion, run specs and their identity.
+
+A suite is a YAML mapping (see suites/*.yaml). Loading it:
+1. YAML through a SafeLoader that also rejects duplicate keys (no python tags, ever);
+2. ``--set`` overrides, then the ``matrix`` (cartesian product over dotted paths) with ``include``/``exclude``,
+   times ``seeds``;
+3. each cell is resolved against its task's defaults (``task.default_model()``, ``task.default_train()``)
+   and validated: the strict pydantic schema (unknown keys are errors) and the registries (task, model,
+   solvers, regularisers, corruptions) — every error of every cell is collected before anything runs;
+4. each resolved cell is a frozen :class:`RunSpec` whose identity is the hash of its canonical JSON.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Optional, Tuple
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+SCHEMA_VERSION = 1
+RUN_SECTIONS = ("task", "model", "regularizers", "train", "evaluate")
+
+__all__ = ["SuiteError", "Suite", "RunSpec", "load_suite", "SCHEMA_VERSION", "parse_assignment", "get_path", "set_path"]
+
+
+class SuiteError(Exception):
+    """A suite cannot be used. ``errors`` lists every problem as 'file: field: message'."""
+
+    def __init__(self, path: str, errors: List[str]):
+        self.path = path
+        self.errors = errors
+        super().__init__(f"{path}: {len(errors)} error(s) in suite\n" + "\n".join(f"  - {e}" for e in errors))
+
+
+# --------------------------------------------------------------------------- YAML
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate mapping keys (YAML silently keeps the last one)."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False):
+    loader.flatten_mapping(node)
+    seen: Dict[Any, Any] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping", node.start_mark,
+                f"found duplicate key {key!r} (first at line {seen[key].line + 1})", key_node.start_mark)
+        seen[key] = key_node.start_mark
+    return loader.construct_mapping_plain(node, deep=deep)
+
+
+_StrictLoader.construct_mapping_plain = yaml.SafeLoader.construct_mapping  # type: ignore[attr-defined]
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def read_yaml(path: Path) -> Dict[str, Any]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SuiteError(str(path), ["file not found"]) from None
+    except OSError as e:
+        raise SuiteError(str(path), [f"cannot read file: {e}"]) from None
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = e.problem or str(e)
+        if "could not determine a constructor for the tag" in str(e):
+            problem = f"{problem} — tags such as !!python/object are not allowed in suite files"
+        raise SuiteError(str(path), [f"YAML error at {where}{problem}"]) from None
+    except yaml.YAMLError as e:
+        raise SuiteError(str(path), [f"YAML error: {e}"]) from None
+    if data is None:
+        raise SuiteError(str(path), ["file is empty; a suite needs at least 'name' and 'task'"])
+    if not isinstance(data, dict):
+        raise SuiteError(str(path), [f"top level must be a mapping of suite fields, got {type(data).__name__}"])
+    return data
+
+
+# --------------------------------------------------------------------------- dotted paths
+
+
+def get_path(d: Dict[str, Any], path: str, default: Any = KeyError) -> Any:
+    cur: Any = d
+    for part in path.split("."):
+        if isinstance(cur, dict) and part in cur:
+            cur = cur[part]
+        elif default is KeyError:
+            raise KeyError(path)
+        else:
+            return default
+    return cur
+
+
+def set_path(d: Dict[str, Any], path: str, value: Any) -> None:
+    parts = path.split(".")
+    cur = d
+    for part in parts[:-1]:
+        nxt = cur.get(part)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            cur[part] = nxt
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+def parse_assignment(text: str) -> Tuple[str, Any]:
+    """``key.path=value`` with the value read as a YAML scalar/flow value (``0.5``, ``[1, 2]``, ``gmres``)."""
+    if "=" not in text:
+        raise ValueError(f"expected key.path=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not p for p in key.split(".")):
+        raise ValueError(f"bad dotted path in {text!r}")
+    try:
+        value = yaml.load(raw, Loader=_StrictLoader) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def deep_merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists stay values."""
+    out: Dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+# --------------------------------------------------------------------------- schema
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Named(BaseModel):
+    """A registry entry: ``name`` plus options checked by the registry itself."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+
+class SolverCfg(_Named):
+    tol: float = Field(1e-6, gt=0)
+    max_iter: int = Field(100, ge=1)
+
+
+class LayerCfg(BaseModel):
+    """The implicit layers of a model (model-specific extra keys are checked by the model registry)."""
+
+    model_config = ConfigDict(extra="allow")
+    theta: float = Field(0.5, ge=0.0, le=1.0)
+    phi: Literal["one_leg", "convex"] = "one_leg"
+    solver: Optional[SolverCfg] = None
+    backward: Optional[SolverCfg] = None
+    on_nonconvergence: Literal["warn", "raise", "ignore"] = "warn"
+
+
+class ModelCfg(_Named):
+    layer: Optional[LayerCfg] = None
+
+
+class OptimizerCfg(_Strict):
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.0, ge=0)
+    nesterov: bool = False
+
+
+class SchedulerCfg(_Strict):
+    name: Literal["none", "plateau", "step", "multistep", "cosine"] = "none"
+    factor: float = Field(0.1, gt=0, lt=1)
+    patience: int = Field(10, ge=0)
+    cooldown: int = Field(0, ge=0)
+    step_size: int = Field(30, ge=1)
+    milestones: List[int] = []
+    gamma: float = Field(0.1, gt=0)
+    min_lr: float = Field(0.0, ge=0)
+
+
+class TrainCfg(_Strict):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(128, ge=1)
+    optimizer: OptimizerCfg = OptimizerCfg()
+    scheduler: SchedulerCfg = SchedulerCfg()
+    grad_clip: Optional[float] = Field(None, gt=0)
+    max_batches: Optional[int] = Field(None, ge=1, description="cap on batches per epoch (smoke tests)")
+    eval_every: int = Field(1, ge=1)
+
+
+class EvaluateCfg(_Strict):
+    corruptions: Dict[str, Dict[str, Any]] = {}
+    split: Literal["test", "train", "val"] = "test"
+    batch_size: int = Field(256, ge=1)
+    max_samples: Optional[int] = Field(None, ge=1)
+
+
+class ReportCfg(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    kind: str
+
+
+class SuiteCfg(_Strict):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    description: str = ""
+    schema_version: int = SCHEMA_VERSION
+    task: _Named
+    model: Optional[ModelCfg] = None
+    regularizers: Dict[str, Dict[str, Any]] = {}
+    train: Dict[str, Any] = {}
+    evaluate: EvaluateCfg = EvaluateCfg()
+    seeds: List[int] = [0]
+    device: str = "auto"
+    matrix: Dict[str, List[Any]] = {}
+    include: List[Dict[str, Any]] = []
+    exclude: List[Dict[str, Any]] = []
+    reports: List[ReportCfg] = []
+
+    @field_validator("schema_version")
+    @classmethod
+    def _version(cls, v: int) -> int:
+        if v != SCHEMA_VERSION:
+            raise ValueError(f"this irn-bench reads schema_version {SCHEMA_VERSION}; the file says {v}")
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: List[int]) -> List[int]:
+        if not v:
+            raise ValueError("at least one seed is needed")
+        if len(set(v)) != len(v):
+            raise ValueError(f"seeds repeat: {v}")
+        return v
+
+    @field_validator("matrix")
+    @classmethod
+    def _matrix(cls, v: Dict[str, List[Any]]) -> Dict[str, List[Any]]:
+        for k, vals in v.items():
+            if not vals:
+                raise ValueError(f"matrix entry {k!r} has no values")
+        return v
+
+
+def _fmt_loc(loc) -> str:
+    return ".".join(str(p) for p in loc) if loc else "(top level)"
+
+
+def _pydantic_errors(e: ValidationError, prefix: str = "") -> List[str]:
+    out = []
+    for err in e.errors():
+        loc = _fmt_loc(err["loc"])
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+            parent = err["loc"][:-1]
+            allowed = _allowed_keys(parent)
+            if allowed:
+                msg += f"; allowed: {', '.join(allowed)}"
+        elif err["type"] == "literal_error":
+            msg = msg.replace("Input should be", "must be")
+        value = err.get("input")
+        got = "" if err["type"] in ("missing",) or isinstance(value, dict) else f" (got {value!r})"
+        out.append(f"{prefix}{loc}: {msg}{got}")
+    return out
+
+
+_SECTIONS = {(): SuiteCfg, ("evaluate",): EvaluateCfg, ("train",): TrainCfg, ("train", "optimizer"): OptimizerCfg,
+             ("train", "scheduler"): SchedulerCfg}
+
+
+def _allowed_keys(loc) -> List[str]:
+    model = _SECTIONS.get(tuple(p for p in loc if isinstance(p, str)))
+    return list(model.model_fields) if model else []
+
+
+# --------------------------------------------------------------------------- run specs
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One fully resolved cell of a suite: what runs, and its identity."""
+
+    suite: str
+    config: Dict[str, Any]  # task, model, regularizers, train, evaluate, seed, schema_version
+    label: str  # readable run name, e.g. "theta=0.5 seed=1"
+    overrides: Dict[str, Any] = field(default_factory=dict)  # the matrix values of this cell
+
+    @property
+    def hash(self) -> str:
+        return spec_hash(self.config)
+
+    @property
+    def seed(self) -> int:
+        return int(self.config["seed"])
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def spec_hash(config: Dict[str, Any]) -> str:
+    return hashlib.sha256(canonical_json(config).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Suite:
+    path: str
+    cfg: SuiteCfg
+    raw: Dict[str, Any]
+    specs: List[RunSpec]
+
+    @property
+    def name(self) -> str:
+        return self.cfg.name
+
+
+def _short_keys(keys: List[str]) -> Dict[str, str]:
+    last = [k.split(".")[-1] for k in keys]
+    return {k: (s if last.count(s) == 1 else k) for k, s in zip(keys, last)}
+
+
+def _fmt_value(v: Any) -> str:
+    return canonical_json(v) if isinstance(v, (list, dict)) else str(v)
+
+
+def _matches(cell: Dict[str, Any], cond: Dict[str, Any]) -> bool:
+    return all(k in cell and cell[k] == v for k, v in cond.items())
+
+
+def expand_matrix(cfg: SuiteCfg) -> List[Dict[str, Any]]:
+    """Cartesian product of ``matrix``, minus ``exclude`` matches, plus ``include`` cells."""
+    keys = list(cfg.matrix)
+    cells = [dict(zip(keys, combo)) for combo in itertools.product(*(cfg.matrix[k] for k in keys))] if keys else [{}]
+    cells = [c for c in cells if not any(_matches(c, ex) for ex in cfg.exclude)]
+    for inc in cfg.include:
+        if inc not in cells:
+            cells.append(dict(inc))
+    return cells
+
+
+def load_suite(path: str | Path, sets: List[str] = (), only: List[str] = (), seeds: Optional[List[int]] = None,
+               validate_registries: bool = True) -> Suite:
+    """Read, override, expand, resolve and validate a suite. Raises SuiteError listing every problem."""
+    path = Path(path)
+    raw = read_yaml(path)
+    errors: List[str] = []
+    for s in sets:
+        try:
+            k, v = parse_assignment(s)
+        except ValueError as e:
+            errors.append(f"--set: {e}")
+            continue
+        set_path(raw, k, v)
+    if seeds is not None:
+        raw["seeds"] = list(seeds)
+    try:
+        cfg = SuiteCfg.model_validate(raw)
+    except ValidationError as e:
+        raise SuiteError(str(path), errors + _pydantic_errors(e)) from None
+    if errors:
+        raise SuiteError(str(path), errors)
+
+    filters = []
+    for o in only:
+        try:
+            filters.append(parse_assignment(o))
+        except ValueError as e:
+            errors.append(f"--only: {e}")
+
+    for where, keys in (("matrix", list(cfg.matrix)), ("include", [k for c in cfg.include for k in c]),
+                        ("exclude", [k for c in cfg.exclude for k in c])):
+        for k in dict.fromkeys(keys):
+            if k.split(".")[0] not in RUN_SECTIONS or "." not in k:
+                errors.append(f"{where}: {k!r} is not a run-config path; paths start with "
+                              + ", ".join(f"{s}." for s in RUN_SECTIONS))
+    if errors:
+        raise SuiteError(str(path), errors)
+    base = {k: raw[k] for k in RUN_SECTIONS if k in raw}
+    cells = expand_matrix(cfg)
+    short = _short_keys(sorted({k for c in cells for k in c}))
+    specs: List[RunSpec] = []
+    seen_errors: set = set()
+    for cell in cells:
+        label_cell = " ".join(f"{short[k]}={_fmt_value(v)}" for k, v in cell.items())
+        cell_cfg = copy.deepcopy(base)
+        for k, v in cell.items():
+            set_path(cell_cfg, k, v)
+        resolved, errs = resolve_cell(cell_cfg, validate_registries)
+        if errs:
+            where = f"matrix cell [{label_cell}]: " if cell else ""
+            for e in errs:
+                if (where + e) not in seen_errors and e not in seen_errors:
+                    seen_errors.add(where + e)
+                    errors.append(where + e)
+            continue
+        for seed in cfg.seeds:
+            conf = dict(resolved, seed=seed, schema_version=SCHEMA_VERSION)
+            label = (label_cell + " " if label_cell else "") + f"seed={seed}"
+            specs.append(RunSpec(suite=cfg.name, config=conf, label=label, overrides=dict(cell)))
+    if errors:
+        raise SuiteError(str(path), errors)
+    if filters:
+        specs = [s for s in specs if all(_only_match(s, k, v) for k, v in filters)]
+    return Suite(path=str(path), cfg=cfg, raw=raw, specs=specs)
+
+
+def _only_match(spec: RunSpec, key: str, value: Any) -> bool:
+    got = get_path(spec.config, key, default=KeyError)
+    if got is KeyError:
+        return False
+    if isinstance(got, (int, float)) and isinstance(value, (int, float)) and not isinstance(got, bool):
+        return float(got) == float(value)
+    return got == value or str(got) == str(value)
+
+
+def resolve_cell(cell_cfg: Dict[str, Any], validate_registries: bool = True) -> Tuple[Dict[str, Any], Optional[List[str]]]:
+    """Merge a cell with its task's defaults and validate it. Returns (resolved config, errors or None)."""
+    from . import registries
+
+    errors: List[str] = []
+    try:
+        task_cfg = _Named.model_validate(cell_cfg.get("task", {}))
+    except ValidationError as e:
+        return {}, [m for m in _pydantic_errors(e, "task.")]
+    task_cfg = dict(cell_cfg["task"])
+    defaults_model, defaults_train = {}, {}
+    try:
+        task = registries.build_task(task_cfg)
+        defaults_model = task.default_model() or {}
+        defaults_train = task.default_train() or {}
+    except Exception as e:  # noqa: BLE001 - registry errors carry the allowed values
+        errors.append(f"task: {e}")
+    model_cfg = dict(cell_cfg.get("model") or {})
+    if defaults_model and (not model_cfg.get("name") or model_cfg.get("name") == defaults_model.get("name")):
+        model_cfg = deep_merge(defaults_model, model_cfg)
+    train_cfg = deep_merge(defaults_train, cell_cfg.get("train") or {})
+    resolved = {
+        "task": task_cfg,
+        "model": model_cfg,
+        "regularizers": copy.deepcopy(cell_cfg.get("regularizers") or {}),
+        "train": train_cfg,
+        "evaluate": copy.deepcopy(cell_cfg.get("evaluate") or {}),
+    }
+    # strict sections
+    for key, model in (("model", ModelCfg), ("train", TrainCfg), ("evaluate", EvaluateCfg)):
+        try:
+            validated = model.model_validate(resolved[key])
+            if key in ("train", "evaluate"):
+                resolved[key] = validated.model_dump()
+        except ValidationError as e:
+            errors.extend(_pydantic_errors(e, f"{key}."))
+    if errors or not validate_registries:
+        return resolved, errors or None
+    errors.extend(registries.check_model(resolved["model"]))
+    errors.extend(registries.check_regularizers(resolved["regularizers"]))
+    errors.extend(registries.check_corruptions(resolved["evaluate"].get("corruptions", {})))
+    return resolved, errors or None

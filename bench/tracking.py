@@ -1,0 +1,233 @@
+"""MLflow tracking: the only module of bench that talks to MLflow.
+
+Store: a SQLite database under ``results/`` by default (``sqlite:///<abs>/results/mlflow.db``, set
+explicitly, never MLflow's implicit default), artifacts beside it in ``results/artifacts``; any other
+URI (a team's server, PostgreSQL, …) works the same through ``--tracking-uri`` or ``IRN_TRACKING_URI``.
+
+Layout: experiment = suite name; one parent run per invocation (tag ``irn.role=parent``); one run per
+cell (``irn.role=cell``) tagged with its spec hash ``irn.spec_hash`` — the cache key.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import random
+import socket
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+TAG_HASH = "irn.spec_hash"
+TAG_ROLE = "irn.role"
+TAG_SUITE = "irn.suite"
+TAG_LABEL = "irn.label"
+TAG_SCHEMA = "irn.schema_version"
+TAG_REASON = "irn.failure_reason"
+TAG_PID = "irn.pid"
+TAG_HOST = "irn.host"
+TAG_DEVICE = "irn.device"
+PARENT_TAG = "mlflow.parentRunId"
+
+DEFAULT_RESULTS = "results"
+
+__all__ = ["resolve_uri", "Tracker", "TAG_HASH", "TAG_ROLE", "TAG_REASON", "TAG_LABEL"]
+
+
+def results_dir() -> Path:
+    return Path(os.environ.get("IRN_RESULTS", DEFAULT_RESULTS)).resolve()
+
+
+def resolve_uri(uri: Optional[str] = None) -> str:
+    """The tracking URI to use: explicit > $IRN_TRACKING_URI > SQLite under results/."""
+    uri = uri or os.environ.get("IRN_TRACKING_URI")
+    if not uri:
+        db = results_dir() / "mlflow.db"
+        uri = f"sqlite:///{db}"
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    return uri
+
+
+def artifact_root(uri: str) -> Optional[str]:
+    """Local artifact folder for SQLite stores (beside the database); None lets a server decide."""
+    if uri.startswith("sqlite:///"):
+        root = Path(uri[len("sqlite:///"):]).parent / "artifacts"
+        root.mkdir(parents=True, exist_ok=True)
+        return root.as_uri()
+    return None
+
+
+def _retry(fn):
+    """Retry a store call when SQLite reports a lock (several processes writing one database)."""
+
+    @functools.wraps(fn)
+    def wrapper(*a, **kw):
+        delay = 0.05
+        for attempt in range(40):
+            try:
+                return fn(*a, **kw)
+            except Exception as e:  # noqa: BLE001 - MLflow wraps sqlite errors in several types
+                text = str(e).lower()
+                if ("database is locked" not in text and "database table is locked" not in text) or attempt == 39:
+                    raise
+                time.sleep(delay * (1 + random.random()))
+                delay = min(delay * 1.5, 2.0)
+
+    return wrapper
+
+
+class Tracker:
+    """A thin, retrying wrapper over ``mlflow.MlflowClient`` with the project's run layout."""
+
+    def __init__(self, uri: Optional[str] = None):
+        import logging
+
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        from mlflow import MlflowClient
+
+        self.uri = resolve_uri(uri)
+        self.client = MlflowClient(tracking_uri=self.uri)
+
+    # ---------------------------------------------------------------- store / experiments
+    @_retry
+    def init_store(self) -> None:
+        """Create (migrate) the store once, before any worker starts."""
+        self.client.search_experiments(max_results=1)
+
+    @_retry
+    def experiment_id(self, name: str, create: bool = True) -> Optional[str]:
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            if exp.lifecycle_stage == "deleted":
+                self.client.restore_experiment(exp.experiment_id)
+            return exp.experiment_id
+        if not create:
+            return None
+        try:
+            return self.client.create_experiment(name, artifact_location=artifact_root(self.uri))
+        except Exception:  # noqa: BLE001 - created concurrently by another process
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return exp.experiment_id
+
+    @_retry
+    def search(self, exp_id: str, filter_string: str = "", max_results: int = 50000) -> List[Any]:
+        out, token = [], None
+        while True:
+            page = self.client.search_runs([exp_id], filter_string=filter_string, max_results=min(max_results, 1000),
+                                           page_token=token)
+            out.extend(page)
+            token = page.token
+            if not token or len(out) >= max_results:
+                return out
+
+    def cell_runs(self, exp_id: str) -> List[Any]:
+        return self.search(exp_id, f"tags.`{TAG_ROLE}` = 'cell'")
+
+    def runs_for_hash(self, exp_id: str, spec_hash: str) -> List[Any]:
+        return self.search(exp_id, f"tags.`{TAG_HASH}` = '{spec_hash}'")
+
+    def status_by_hash(self, exp_id: Optional[str]) -> Dict[str, str]:
+        """hash -> FINISHED (any finished run), else RUNNING, else FAILED/KILLED."""
+        if exp_id is None:
+            return {}
+        rank = {"FINISHED": 3, "RUNNING": 2, "FAILED": 1, "KILLED": 0, "SCHEDULED": 0}
+        out: Dict[str, str] = {}
+        for r in self.cell_runs(exp_id):
+            h = r.data.tags.get(TAG_HASH)
+            st = r.info.status
+            if h and rank.get(st, 0) >= rank.get(out.get(h, ""), -1):
+                out[h] = st
+        return out
+
+    # ---------------------------------------------------------------- runs
+    @_retry
+    def start_run(self, exp_id: str, name: str, tags: Dict[str, str]) -> str:
+        tags = {TAG_PID: str(os.getpid()), TAG_HOST: socket.gethostname(), **tags}
+        run = self.client.create_run(exp_id, run_name=name, tags=tags)
+        return run.info.run_id
+
+    @_retry
+    def log_params(self, run_id: str, params: Dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, _param_str(v)) for k, v in sorted(params.items())]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i:i + 100])
+
+    @_retry
+    def log_metrics(self, run_id: str, metrics: Dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        items = [Metric(k, float(v), ts, step) for k, v in sorted(metrics.items()) if v is not None]
+        for i in range(0, len(items), 500):
+            self.client.log_batch(run_id, metrics=items[i:i + 500])
+
+    @_retry
+    def set_tags(self, run_id: str, tags: Dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+
+    @_retry
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        self.client.log_text(run_id, text, artifact_file)
+
+    @_retry
+    def log_artifact(self, run_id: str, local_path: str, artifact_path: Optional[str] = None) -> None:
+        self.client.log_artifact(run_id, local_path, artifact_path)
+
+    @_retry
+    def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    @_retry
+    def delete(self, run_id: str) -> None:
+        self.client.delete_run(run_id)
+
+    @_retry
+    def download(self, run_id: str, path: str, dst: str) -> str:
+        return self.client.download_artifacts(run_id, path, dst)
+
+    def remove_unfinished(self, exp_id: str, spec_hash: str) -> int:
+        """Delete runs of this cell left RUNNING by a dead process (the caller holds the cell's lock)."""
+        n = 0
+        for r in self.runs_for_hash(exp_id, spec_hash):
+            if r.info.status in ("RUNNING", "SCHEDULED"):
+                self.delete(r.info.run_id)
+                n += 1
+        return n
+
+    def close_stale_parents(self, exp_id: str) -> None:
+        """Parent runs of invocations whose process died on this host are marked KILLED."""
+        host = socket.gethostname()
+        for r in self.search(exp_id, f"tags.`{TAG_ROLE}` = 'parent' and attributes.status = 'RUNNING'"):
+            if r.data.tags.get(TAG_HOST) == host and not _pid_alive(int(r.data.tags.get(TAG_PID, "0") or 0)):
+                self.finish(r.info.run_id, "KILLED")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _param_str(v: Any) -> str:
+    s = json.dumps(v, sort_keys=True) if isinstance(v, (list, dict)) else str(v)
+    return s if len(s) <= 6000 else s[:5990] + "…"
+
+
+def flatten_params(config: Dict[str, Any]) -> Dict[str, Any]:
+    from .suite import flatten
+
+    return flatten(config)
