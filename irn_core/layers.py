@@ -20,6 +20,7 @@ from torch import nn
 from torch.func import functional_call
 
 from .autograd import ImplicitStep, StepProblem
+from .normalization import normalization_scope
 from .solvers.base import SolverError, SolverSpec, SolverStats
 from .solvers.linear import LINEAR_SOLVERS
 from .solvers.nonlinear import NONLINEAR_SOLVERS
@@ -185,7 +186,8 @@ class ThetaLayer(_Stepper, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._fwd, self._bwd = [], []
-        y = self._step(self.field, x, self.h, self._fwd, self._bwd)
+        with normalization_scope(self):  # one power-iteration step per forward (training), none per solver iteration
+            y = self._step(self.field, x, self.h, self._fwd, self._bwd)
         self.last_trajectory = [x, y] if self.keep_trajectory else None
         return y
 
@@ -259,10 +261,11 @@ class ImplicitBlock(_Stepper, nn.Module):
         keep = return_trajectory or self.keep_trajectory
         traj = [x]
         y = x
-        for t in range(1, self.steps + 1):
-            y = self._step(self.field_at(t), y, self.h, self._fwd, self._bwd)
-            if keep:
-                traj.append(y)
+        with normalization_scope(self):  # one power-iteration step per forward (training), none per solver iteration
+            for t in range(1, self.steps + 1):
+                y = self._step(self.field_at(t), y, self.h, self._fwd, self._bwd)
+                if keep:
+                    traj.append(y)
         self.last_trajectory = traj if self.keep_trajectory else None
         return (y, traj) if return_trajectory else y
 

@@ -1,0 +1,430 @@
+"""Weight normalisations (SPEC §2, §5; journal §2.4.1, Algorithm 1, eq 19).
+
+- :class:`SpectralNorm` wraps an ``nn.Linear`` / ``nn.Conv2d`` (conv: the operator on its *input
+  shape*) and uses W̃ = W / max(1, ‖W‖₂/α), with ‖W‖₂ ≈ σ = ‖W v‖ from a power-iteration vector v
+  (Algorithm 1). :func:`spectral_normalize` applies it to every such layer of a module.
+- :class:`EigenRangeField` is F^{α,β} of eq 19.
+- :class:`LInfParam` is the ℓ∞ (NEMON) parameterisation A = m·I + D⁻¹ÂD − diag(|Â|·1).
+
+**When the power iteration runs.** One power step per *model forward in training mode*, never per
+solver iteration (SPEC §1: weights stay fixed while the solver iterates). The field's own ``forward``
+never changes v; it only evaluates σ = ‖W v‖ with the stored v (differentiable in W, v detached,
+as in Miyato et al.). The step is made by :meth:`SpectralNorm.normalization_update`, which
+``ThetaLayer``/``ImplicitBlock`` call once for all their submodules at the start of their forward when
+``training`` (the outermost implicit layer only, see :func:`normalization_scope`). Outside implicit
+layers call :func:`update_normalization` (or ``model.apply``-style) once per training step yourself.
+:func:`frozen_normalization` suspends the updates (e.g. extra forwards of the same step such as
+perturbation streams). The vector v and the last σ are buffers: they survive ``state_dict`` round
+trips (a lazily shaped conv v is resized on load).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+import warnings
+from typing import Callable, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "SpectralNorm", "spectral_normalize", "update_normalization", "normalization_scope", "frozen_normalization",
+    "power_iteration", "conv2d_adjoint", "EigenRangeField", "LInfParam", "linf_log_norm", "check_eig_range",
+]
+
+# --------------------------------------------------------------------------------------------------
+# when to update: once per outermost implicit-layer forward in training mode
+# --------------------------------------------------------------------------------------------------
+
+_STATE = threading.local()
+
+
+def _depth() -> int:
+    return getattr(_STATE, "depth", 0)
+
+
+def _frozen() -> int:
+    return getattr(_STATE, "frozen", 0)
+
+
+def update_normalization(module: nn.Module) -> int:
+    """Advance every normalisation in ``module`` by one power step (unless frozen); returns how many."""
+    if _frozen():
+        return 0
+    n = 0
+    for m in module.modules():
+        upd = getattr(m, "normalization_update", None)
+        if callable(upd):
+            upd()
+            n += 1
+    return n
+
+
+@contextlib.contextmanager
+def normalization_scope(module: nn.Module):
+    """Used by ThetaLayer/ImplicitBlock around their forward: in training mode the *outermost* one
+    advances the normalisations of its submodules once; nested implicit layers (called during the
+    outer solve) do not, so every weight stays fixed for the whole solve."""
+    if _depth() == 0 and module.training and torch.is_grad_enabled():
+        update_normalization(module)
+    _STATE.depth = _depth() + 1
+    try:
+        yield
+    finally:
+        _STATE.depth = _depth() - 1
+
+
+@contextlib.contextmanager
+def frozen_normalization():
+    """No power-iteration updates inside this context (extra forwards within one training step)."""
+    _STATE.frozen = _frozen() + 1
+    try:
+        yield
+    finally:
+        _STATE.frozen = _frozen() - 1
+
+
+# --------------------------------------------------------------------------------------------------
+# operators and power iteration
+# --------------------------------------------------------------------------------------------------
+
+def _circular_pad_adjoint(z: torch.Tensor, ph: int, pw: int) -> torch.Tensor:
+    """Adjoint of ``F.pad(x, (pw, pw, ph, ph), mode="circular")``: fold the halo back onto x."""
+    if ph:
+        H = z.shape[-2] - 2 * ph
+        x = z[..., ph:ph + H, :].clone()
+        x[..., H - ph:H, :] += z[..., :ph, :]
+        x[..., :ph, :] += z[..., ph + H:, :]
+        z = x
+    if pw:
+        W = z.shape[-1] - 2 * pw
+        x = z[..., pw:pw + W].clone()
+        x[..., W - pw:W] += z[..., :pw]
+        x[..., :pw] += z[..., pw + W:]
+        z = x
+    return z
+
+
+def _conv_geometry(conv: nn.Conv2d):
+    pad = conv.padding
+    if isinstance(pad, str):
+        return None
+    return tuple(pad)
+
+
+def conv2d_adjoint(y: torch.Tensor, conv: nn.Conv2d, weight: torch.Tensor, input_shape: Sequence[int]) -> torch.Tensor:
+    """Aᵀy for the linear part A of ``conv`` (no bias) on inputs of shape (N, *input_shape).
+
+    Zero padding: ``conv_transpose2d`` with the same weight, stride, padding, dilation, groups (and the
+    output padding that restores the input shape). Circular padding: ``conv_transpose2d`` without
+    padding, then the halo is folded back (adjoint of circular padding). Anything else: autograd VJP.
+    """
+    pad = _conv_geometry(conv)
+    H, W = int(input_shape[-2]), int(input_shape[-1])
+    if pad is not None and conv.padding_mode in ("zeros", "circular"):
+        ph, pw = pad
+        circ = conv.padding_mode == "circular"
+        p_t = (0, 0) if circ else (ph, pw)
+        tH, tW = (H + 2 * ph, W + 2 * pw) if circ else (H, W)
+        sH, sW = conv.stride
+        dH, dW = conv.dilation
+        kH, kW = weight.shape[-2:]
+        nat_H = (y.shape[-2] - 1) * sH - 2 * p_t[0] + dH * (kH - 1) + 1
+        nat_W = (y.shape[-1] - 1) * sW - 2 * p_t[1] + dW * (kW - 1) + 1
+        op = (tH - nat_H, tW - nat_W)
+        if 0 <= op[0] < max(sH, dH) and 0 <= op[1] < max(sW, dW):
+            z = F.conv_transpose2d(y, weight, None, conv.stride, p_t, op, conv.groups, conv.dilation)
+            return _circular_pad_adjoint(z, ph, pw) if circ else z
+    # generic fallback: exact adjoint by autograd
+    with torch.enable_grad():
+        x = torch.zeros(y.shape[0], *input_shape, dtype=y.dtype, device=y.device, requires_grad=True)
+        out = conv._conv_forward(x, weight, None)
+        (g,) = torch.autograd.grad(out, x, y, create_graph=torch.is_grad_enabled() and weight.requires_grad)
+    return g
+
+
+def _normalize(v: torch.Tensor, eps: float) -> torch.Tensor:
+    return v / v.norm().clamp_min(eps)
+
+
+def power_iteration(A: Callable[[torch.Tensor], torch.Tensor], v: torch.Tensor, iterations: int = 20,
+                    adjoint: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+                    eps: float = 1e-12) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Algorithm 1: μ = ‖A v‖, v ← AᵀA v / ‖AᵀA v‖, for a linear map A on tensors shaped like v.
+
+    ``adjoint`` is Aᵀ; when omitted it is ½∂μ²/∂v by autograd (the paper's formulation). Returns
+    (μ, v) with v normalised; μ is a lower bound of ‖A‖₂ that converges to it.
+    """
+    v = _normalize(v.detach(), eps)
+    mu = torch.zeros((), dtype=v.dtype, device=v.device)
+    with torch.no_grad():
+        for _ in range(int(iterations)):
+            if adjoint is None:
+                with torch.enable_grad():
+                    vv = v.detach().requires_grad_(True)
+                    Av = A(vv)
+                    (w,) = torch.autograd.grad(0.5 * Av.pow(2).sum(), vv)
+                mu = Av.detach().norm()
+            else:
+                Av = A(v)
+                mu = Av.norm()
+                w = adjoint(Av)
+            v = _normalize(w, eps)
+        mu = A(v).norm()
+    return mu, v
+
+
+# --------------------------------------------------------------------------------------------------
+# spectral normalisation
+# --------------------------------------------------------------------------------------------------
+
+class SpectralNorm(nn.Module):
+    """W̃ = W / max(1, σ/α), σ = ‖A_W v‖ ≈ ‖W‖₂ (journal §2.4.1, Algorithm 1).
+
+    Wraps ``nn.Linear`` (v ∈ R^{in_features}) or ``nn.Conv2d`` (v of the input shape (C, H, W): the
+    norm of the convolution *as an operator on that shape*; given as ``input_shape`` or taken from the
+    first input, then ``init_iterations`` power steps are made). Each :meth:`normalization_update` makes
+    ``n_power_iterations`` steps (default 1: one per training step). ``forward`` never changes v.
+    Buffers: ``v`` and ``sigma`` (the last σ, for logging).
+    """
+
+    def __init__(self, module: nn.Module, alpha: float = 1.0, n_power_iterations: int = 1,
+                 input_shape: Optional[Sequence[int]] = None, init_iterations: int = 10, eps: float = 1e-12):
+        super().__init__()
+        if not isinstance(module, (nn.Linear, nn.Conv2d)):
+            raise TypeError(f"SpectralNorm supports nn.Linear and nn.Conv2d, got {type(module).__name__}")
+        if alpha <= 0:
+            raise ValueError(f"spectral norm bound alpha must be positive, got {alpha}")
+        self.module = module
+        self.alpha = float(alpha)
+        self.n_power_iterations = int(n_power_iterations)
+        self.init_iterations = int(init_iterations)
+        self.eps = eps
+        self.num_updates = 0  # power steps taken by normalization_update (not a buffer; for tests/logging)
+        w = module.weight
+        self.register_buffer("sigma", torch.ones((), dtype=w.dtype, device=w.device))
+        if isinstance(module, nn.Linear):
+            shape: Optional[Sequence[int]] = (module.in_features,)
+        else:
+            shape = tuple(input_shape) if input_shape is not None else None
+        if shape is None:
+            self.register_buffer("v", torch.empty(0, dtype=w.dtype, device=w.device))
+        else:
+            self.register_buffer("v", self._fresh_v(shape))
+            self._power(self.init_iterations)
+
+    # the linear operator and its adjoint on a single "sample" v
+    def _A(self, v: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.module, nn.Linear):
+            return F.linear(v, weight)
+        return self.module._conv_forward(v[None], weight, None)[0]
+
+    def _AT(self, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.module, nn.Linear):
+            return y @ weight
+        return conv2d_adjoint(y[None], self.module, weight, self.v.shape)[0]
+
+    def _fresh_v(self, shape) -> torch.Tensor:
+        w = self.module.weight
+        v = torch.randn(*shape, dtype=w.dtype, device=w.device)
+        return _normalize(v, self.eps)
+
+    @torch.no_grad()
+    def _power(self, iterations: int) -> None:
+        W = self.module.weight.detach()
+        mu, v = power_iteration(lambda u: self._A(u, W), self.v, iterations, adjoint=lambda y: self._AT(y, W),
+                                eps=self.eps)
+        self.v.copy_(v)
+        self.sigma.copy_(mu)
+
+    def normalization_update(self) -> None:
+        """One training step's power iteration (called once per model forward by the implicit layers)."""
+        if self.v.numel() == 0:  # conv whose input shape is not known yet: initialised at first forward
+            return
+        self._power(self.n_power_iterations)
+        self.num_updates += 1
+
+    def _check_shape(self, x: torch.Tensor) -> None:
+        if isinstance(self.module, nn.Conv2d) and tuple(self.v.shape) != tuple(x.shape[1:]):
+            if self.v.numel():
+                warnings.warn(f"SpectralNorm: conv input shape changed from {tuple(self.v.shape)} to "
+                              f"{tuple(x.shape[1:])}; re-initialising the power iteration", stacklevel=3)
+            self.v = self._fresh_v(x.shape[1:])
+            self._power(self.init_iterations)
+
+    def sigma_estimate(self) -> torch.Tensor:
+        """σ = ‖A_W v‖ with v fixed: differentiable in W (v detached)."""
+        return self._A(self.v.clone(), self.module.weight).norm()
+
+    def normalized_weight(self) -> torch.Tensor:
+        W = self.module.weight
+        sigma = self.sigma_estimate()
+        return W / torch.clamp(sigma / self.alpha, min=1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_shape(x)
+        W = self.normalized_weight()
+        if isinstance(self.module, nn.Linear):
+            return F.linear(x, W, self.module.bias)
+        return self.module._conv_forward(x, W, self.module.bias)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "v"
+        if key in state_dict and tuple(state_dict[key].shape) != tuple(self.v.shape):
+            self.v = torch.empty_like(state_dict[key], device=self.v.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, n_power_iterations={self.n_power_iterations}, v_shape={tuple(self.v.shape)}"
+
+
+def spectral_normalize(module: nn.Module, alpha: float = 1.0, n_power_iterations: int = 1,
+                       input_shape: Optional[Sequence[int]] = None, init_iterations: int = 10) -> nn.Module:
+    """Wrap every ``nn.Linear``/``nn.Conv2d`` in ``module`` (in place) with :class:`SpectralNorm`.
+
+    Each gets the bound ``alpha`` (so a composition of n layers and 1-Lipschitz activations is
+    αⁿ-Lipschitz). ``input_shape`` is only used for a convolution that *is* ``module``. Returns the
+    (possibly new) module; already normalised layers are left alone.
+    """
+    kw = dict(alpha=alpha, n_power_iterations=n_power_iterations, init_iterations=init_iterations)
+    if isinstance(module, SpectralNorm):
+        return module
+    if isinstance(module, (nn.Linear, nn.Conv2d)):
+        return SpectralNorm(module, input_shape=input_shape, **kw)
+    for name, child in list(module.named_children()):
+        if isinstance(child, SpectralNorm):
+            continue
+        if isinstance(child, (nn.Linear, nn.Conv2d)):
+            setattr(module, name, SpectralNorm(child, **kw))
+        else:
+            spectral_normalize(child, alpha, n_power_iterations, None, init_iterations)
+    return module
+
+
+# activations with Lipschitz constant ≤ 1 (the premise of F^{-1,1})
+_ONE_LIPSCHITZ = (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Identity, nn.ELU, nn.Hardtanh,
+                  nn.ReLU6, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Dropout)
+
+
+def _lipschitz_warnings(field: nn.Module) -> None:
+    for name, m in field.named_modules():
+        if isinstance(m, (nn.GELU, nn.SiLU, nn.Mish)):
+            warnings.warn(f"EigenRangeField: {type(m).__name__} at {name!r} is not 1-Lipschitz (max slope > 1); "
+                          "the eigenvalue range of eq 19 is then only approximate", stacklevel=3)
+        elif isinstance(m, nn.ELU) and m.alpha > 1:
+            warnings.warn(f"EigenRangeField: ELU(alpha={m.alpha}) is not 1-Lipschitz", stacklevel=3)
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            warnings.warn(f"EigenRangeField: batch norm at {name!r} is not 1-Lipschitz", stacklevel=3)
+
+
+def check_eig_range(eig_range) -> Tuple[float, float]:
+    try:
+        a, b = (float(v) for v in eig_range)
+    except (TypeError, ValueError):
+        raise ValueError(f"eig_range must be a pair (alpha, beta) with alpha < beta, got {eig_range!r}") from None
+    if not (math.isfinite(a) and math.isfinite(b)) or not a < b:
+        raise ValueError(f"eig_range must be a pair (alpha, beta) of finite numbers with alpha < beta, got {eig_range!r}")
+    return a, b
+
+
+class EigenRangeField(nn.Module):
+    """F^{α,β}(x) = (α+β)/2 · x + (β−α)/2 · S(ϑ) ⊙ F^{−1,1}(x)   (eq 19).
+
+    ``field`` is made 1-Lipschitz in place by :func:`spectral_normalize` (bound 1 per layer; its
+    activations must be 1-Lipschitz — a warning names those that are not). Then every eigenvalue of
+    ∂F^{α,β}/∂x lies in the disc of radius (β−α)/2 centred at (α+β)/2.
+
+    ``shape``: per-sample output shape of S (broadcastable; e.g. ``(d,)``, ``(C, H, W)`` or ``(C, 1, 1)``);
+    inferred from ``field.dims[-1]`` (MLPField) when omitted. ``learnable_scale=True``: ϑ is a
+    parameter initialised so S = 0.5; ``False``: a buffer with S = 0.99 (the authors' code).
+    """
+
+    def __init__(self, field: nn.Module, eig_range: Sequence[float], shape: Optional[Union[int, Sequence[int]]] = None,
+                 learnable_scale: bool = True, n_power_iterations: int = 1, init_iterations: int = 10,
+                 input_shape: Optional[Sequence[int]] = None):
+        super().__init__()
+        self.alpha, self.beta = check_eig_range(eig_range)
+        if shape is None:
+            dims = getattr(field, "dims", None)
+            if dims is None:
+                raise ValueError("EigenRangeField needs shape= (the per-sample output shape of the field, "
+                                 "or a broadcastable one such as (C, 1, 1)) for this field")
+            shape = (int(dims[-1]),)
+        shape = (int(shape),) if isinstance(shape, int) else tuple(int(s) for s in shape)
+        _lipschitz_warnings(field)
+        self.field = spectral_normalize(field, 1.0, n_power_iterations, input_shape, init_iterations)
+        self.learnable_scale = bool(learnable_scale)
+        p = next(field.parameters(), None)
+        dt = p.dtype if p is not None else torch.get_default_dtype()
+        s0 = 0.5 if self.learnable_scale else 0.99
+        vartheta = torch.full(shape, math.log(s0 / (1 - s0)), dtype=dt)
+        if self.learnable_scale:
+            self.vartheta = nn.Parameter(vartheta)
+        else:
+            self.register_buffer("vartheta", vartheta)
+
+    @property
+    def eig_range(self) -> Tuple[float, float]:
+        return (self.alpha, self.beta)
+
+    def scale(self) -> torch.Tensor:
+        """S(ϑ) ∈ (0, 1)."""
+        return torch.sigmoid(self.vartheta)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c, r = 0.5 * (self.alpha + self.beta), 0.5 * (self.beta - self.alpha)
+        return c * x + r * self.scale() * self.field(x)
+
+    def extra_repr(self) -> str:
+        return f"eig_range=({self.alpha}, {self.beta}), learnable_scale={self.learnable_scale}"
+
+
+# --------------------------------------------------------------------------------------------------
+# ℓ∞ (NEMON) parameterisation
+# --------------------------------------------------------------------------------------------------
+
+def linf_log_norm(A: torch.Tensor, d: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """μ∞(A) = maxᵢ (aᵢᵢ + Σ_{j≠i} |aᵢⱼ|); with ``d`` the weighted log-norm μ∞(DAD⁻¹), D = diag(exp d)
+    (the log-norm of the norm ‖x‖ = ‖Dx‖∞)."""
+    if d is not None:
+        A = torch.exp(d)[:, None] * A * torch.exp(-d)[None, :]
+    diag = torch.diagonal(A)
+    off = A.abs().sum(dim=1) - diag.abs()
+    return (diag + off).max()
+
+
+class LInfParam(nn.Module):
+    """A = m·I + D⁻¹ÂD − diag(|Â|·1), D = diag(exp d) (SPEC §5, NEMON's parameterisation).
+
+    Since diag(·) commutes with D, A = D⁻¹(m·I + Â − diag(|Â|·1))D, hence the D-weighted log-norm
+    μ∞(DAD⁻¹) = m + maxᵢ(Âᵢᵢ − |Âᵢᵢ|) ≤ m for every Â, d (and μ∞(A) ≤ m itself when d = 0). With
+    m < 1 the implicit equation x = σ(Ax + Bu + b) is well posed for slope-restricted σ (slopes in [0, 1]).
+    ``learn_d=False`` keeps D = I.
+    """
+
+    def __init__(self, n: int, m: float = 0.0, learn_d: bool = True, init_std: Optional[float] = None):
+        super().__init__()
+        self.n, self.m = int(n), float(m)
+        std = init_std if init_std is not None else 1.0 / math.sqrt(n)
+        self.A_hat = nn.Parameter(torch.randn(n, n) * std)
+        d = torch.zeros(n)
+        if learn_d:
+            self.d = nn.Parameter(d)
+        else:
+            self.register_buffer("d", d)
+
+    def forward(self) -> torch.Tensor:
+        Ah = self.A_hat
+        e = torch.exp(self.d)
+        A = Ah * (1.0 / e)[:, None] * e[None, :]  # D⁻¹ÂD
+        A = A - torch.diag(Ah.abs().sum(dim=1)) + self.m * torch.eye(self.n, dtype=Ah.dtype, device=Ah.device)
+        return A
+
+    def log_norm(self) -> torch.Tensor:
+        """μ∞(DAD⁻¹) ≤ m."""
+        return linf_log_norm(self(), self.d)
+
+    def extra_repr(self) -> str:
+        return f"n={self.n}, m={self.m}"
