@@ -139,16 +139,17 @@ def _train_and_log(config: Dict[str, Any], ctx: CellContext, tracker: "T.Tracker
     from .environment import environment
     from .registries import build_penalty, build_task
     from .suite import flatten
-    from .train import evaluate, make_loader, make_optimizer, make_scheduler, set_seed, train_epoch
+    from .train import evaluate, fit, make_loader, set_seed
 
     if ctx.threads:
         torch.set_num_threads(ctx.threads)
     device = torch.device(ctx.device)
-    tracker.log_params(run_id, flatten({k: v for k, v in config.items()}))
+    tracker.log_params(run_id, flatten(config))
     tracker.log_text(run_id, yaml.safe_dump(config, sort_keys=True), "config.yaml")
     env = environment(ctx.device)
     tracker.log_text(run_id, yaml.safe_dump(env, sort_keys=True), "environment.yaml")
-    tracker.set_tags(run_id, {"irn.git_commit": env["git"]["commit"], "irn.torch": env["packages"]["torch"]})
+    tracker.set_tags(run_id, {"irn.git_commit": env["git"]["commit"], "irn.torch": env["packages"]["torch"],
+                              "irn.host_device": env.get("gpu") or env.get("cpu", "")})
 
     seed = int(config["seed"])
     set_seed(seed)
@@ -156,64 +157,61 @@ def _train_and_log(config: Dict[str, Any], ctx: CellContext, tracker: "T.Tracker
     train_set, val_set, test_set = task.data(seed)
     set_seed(seed)
     model = build_model(config["model"]).to(device)
-    tcfg = config["train"]
-    optimizer = make_optimizer(model.parameters(), tcfg["optimizer"])
-    scheduler = make_scheduler(optimizer, tcfg["scheduler"])
-    penalty = build_penalty(config.get("regularizers") or {}, model)
-    train_loader = make_loader(train_set, tcfg["batch_size"], shuffle=True, seed=seed)
-    eval_set = val_set if val_set is not None else test_set
-    eval_loader = make_loader(eval_set, config["evaluate"].get("batch_size", 256), shuffle=False, seed=seed)
+    penalty = build_penalty(config.get("regularizers") or {}, model, seed=seed)
+    tcfg = dict(config["train"])
     epochs = int(tcfg["epochs"])
-    summary: Dict[str, float] = {}
-    for epoch in range(1, epochs + 1):
-        t_ep = time.perf_counter()
-        solver_acc: Dict[str, List[float]] = {}
-
-        def on_batch(model=model, acc=solver_acc):
-            for k, v in _solver_metrics(model).items():
-                acc.setdefault(k, []).extend(v)
-
-        train_m = train_epoch(model, train_loader, task, optimizer, device, penalty_fn=penalty, on_batch=on_batch,
-                              max_batches=tcfg.get("max_batches"), grad_clip=tcfg.get("grad_clip"))
-        loss = train_m.get("loss", float("nan"))
-        if not math.isfinite(loss):
-            raise DivergenceError(f"training loss is {loss} at epoch {epoch}")
-        metrics = {f"train/{k}": v for k, v in train_m.items() if k != "n"}
-        metrics.update(_mean_metrics(solver_acc))
-        metrics["time/epoch_s"] = time.perf_counter() - t_ep
-        if epoch % int(tcfg.get("eval_every", 1)) == 0 or epoch == epochs:
-            ev = evaluate(model, eval_loader, task, device)
-            split = "val" if val_set is not None else "test"
-            metrics.update({f"{split}/{k}": v for k, v in ev.items() if k != "n"})
-        metrics["lr"] = optimizer.param_groups[0]["lr"]
-        tracker.log_metrics(run_id, metrics, step=epoch)
-        summary = metrics
-        if scheduler is not None:
-            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                scheduler.step(loss)
-            else:
-                scheduler.step()
-        if ctx.progress:
-            ctx.progress(epoch, epochs)
-
     ecfg = config["evaluate"]
+    solver_acc: Dict[str, List[float]] = {}
+    last: Dict[str, float] = {}
+    t_epoch = [time.perf_counter()]
+
+    def on_batch(m) -> None:
+        for k, v in _solver_metrics(m).items():
+            solver_acc.setdefault(k, []).extend(v)
+
+    def on_epoch(epoch: int, metrics: Dict[str, float]) -> None:
+        loss = metrics.get("train/loss", float("nan"))
+        if not math.isfinite(loss):
+            raise DivergenceError(f"training loss is {loss} at epoch {epoch + 1}")
+        row = {k: v for k, v in metrics.items() if not k.endswith("/n")}
+        row.update(_mean_metrics(solver_acc))
+        solver_acc.clear()
+        now = time.perf_counter()
+        row["time/epoch_s"] = now - t_epoch[0]
+        t_epoch[0] = now
+        tracker.log_metrics(run_id, row, step=epoch + 1)
+        last.clear()
+        last.update(row)
+        if ctx.progress:
+            ctx.progress(epoch + 1, epochs)
+
+    fit(model, task, train_set, tcfg, device=device, seed=seed, val_set=val_set, penalty_fn=penalty,
+        callback=on_epoch, eval_batch_size=ecfg.get("batch_size"), on_batch=on_batch)
+
     split = ecfg.get("split", "test")
-    split_set = {"test": test_set, "train": train_set, "val": val_set}[split] or test_set
-    final = evaluate(model, make_loader(split_set, ecfg.get("batch_size", 256), shuffle=False, seed=seed), task, device)
+    split_set = {"test": test_set, "train": train_set, "val": val_set}[split]
+    if split_set is None:
+        raise ValueError(f"evaluate.split is {split!r} but task {task.name!r} has no {split} set")
+    if ecfg.get("max_samples") and ecfg["max_samples"] < len(split_set):
+        split_set = torch.utils.data.Subset(split_set, range(int(ecfg["max_samples"])))
+    loader = make_loader(split_set, ecfg.get("batch_size", 256), shuffle=False, seed=seed)
+    final = evaluate(model, loader, task, device)
     final_metrics = {f"final/{split}/{k}": v for k, v in final.items() if k != "n"}
     if ecfg.get("corruptions"):
         table = evaluate_corruptions(model, task, split_set, ecfg["corruptions"], device=device, seed=seed,
-                                     batch_size=ecfg.get("batch_size", 256), max_samples=ecfg.get("max_samples"))
+                                     batch_size=ecfg.get("batch_size", 256))
         with tempfile.TemporaryDirectory() as tmp:
             p = Path(tmp) / "corruptions.csv"
             table.to_csv(p, index=False)
             tracker.log_artifact(run_id, str(p))
         for row in table.itertuples(index=False):
             final_metrics[f"corruption/{row.corruption}/{row.severity:g}/{row.metric}"] = float(row.value)
+    bad = [k for k, v in final_metrics.items() if not math.isfinite(v)]
     tracker.log_metrics(run_id, final_metrics, step=epochs)
     with tempfile.TemporaryDirectory() as tmp:
         p = Path(tmp) / "state_dict.pt"
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, p)
         tracker.log_artifact(run_id, str(p), "model")
-    summary.update(final_metrics)
-    return summary
+    if bad:
+        raise DivergenceError(f"non-finite evaluation metric(s): {', '.join(bad[:5])}")
+    return {**last, **final_metrics}

@@ -17,7 +17,7 @@ import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Tuple
+from typing import Annotated, Any, Dict, List, Literal, Optional, Tuple, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -184,33 +184,17 @@ class ModelCfg(_Named):
     layer: Optional[LayerCfg] = None
 
 
-class OptimizerCfg(_Strict):
-    name: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    momentum: float = Field(0.0, ge=0)
-    nesterov: bool = False
-
-
-class SchedulerCfg(_Strict):
-    name: Literal["none", "plateau", "step", "multistep", "cosine"] = "none"
-    factor: float = Field(0.1, gt=0, lt=1)
-    patience: int = Field(10, ge=0)
-    cooldown: int = Field(0, ge=0)
-    step_size: int = Field(30, ge=1)
-    milestones: List[int] = []
-    gamma: float = Field(0.1, gt=0)
-    min_lr: float = Field(0.0, ge=0)
-
-
 class TrainCfg(_Strict):
+    """Training settings (see :mod:`bench.train`); optimizer/scheduler options are checked against
+    the torch classes they build."""
+
     epochs: int = Field(10, ge=1)
-    batch_size: int = Field(128, ge=1)
-    optimizer: OptimizerCfg = OptimizerCfg()
-    scheduler: SchedulerCfg = SchedulerCfg()
+    batch_size: Union[Annotated[int, Field(ge=1)], Literal["full"], None] = 128
+    optimizer: Dict[str, Any] = {"name": "adam", "lr": 1e-3}
+    scheduler: Optional[Dict[str, Any]] = None
+    max_steps: Optional[int] = Field(None, ge=1, description="cap on optimiser steps (per epoch)")
     grad_clip: Optional[float] = Field(None, gt=0)
-    max_batches: Optional[int] = Field(None, ge=1, description="cap on batches per epoch (smoke tests)")
-    eval_every: int = Field(1, ge=1)
+    num_workers: int = Field(0, ge=0)
 
 
 class EvaluateCfg(_Strict):
@@ -229,7 +213,8 @@ class SuiteCfg(_Strict):
     name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     description: str = ""
     schema_version: int = SCHEMA_VERSION
-    task: _Named
+    task: Optional[_Named] = None
+    cases: Dict[str, Dict[str, Any]] = {}
     model: Optional[ModelCfg] = None
     regularizers: Dict[str, Dict[str, Any]] = {}
     train: Dict[str, Any] = {}
@@ -246,6 +231,15 @@ class SuiteCfg(_Strict):
     def _version(cls, v: int) -> int:
         if v != SCHEMA_VERSION:
             raise ValueError(f"this irn-bench reads schema_version {SCHEMA_VERSION}; the file says {v}")
+        return v
+
+    @field_validator("cases")
+    @classmethod
+    def _cases(cls, v: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+        for name, part in v.items():
+            bad = sorted(set(part or {}) - set(RUN_SECTIONS))
+            if bad:
+                raise ValueError(f"case {name!r}: unknown section(s) {', '.join(bad)}; allowed: {', '.join(RUN_SECTIONS)}")
         return v
 
     @field_validator("seeds")
@@ -289,8 +283,7 @@ def _pydantic_errors(e: ValidationError, prefix: str = "") -> List[str]:
     return out
 
 
-_SECTIONS = {(): SuiteCfg, ("evaluate",): EvaluateCfg, ("train",): TrainCfg, ("train", "optimizer"): OptimizerCfg,
-             ("train", "scheduler"): SchedulerCfg}
+_SECTIONS = {(): SuiteCfg, ("evaluate",): EvaluateCfg, ("train",): TrainCfg}
 
 
 def _allowed_keys(loc) -> List[str]:
@@ -353,9 +346,13 @@ def _matches(cell: Dict[str, Any], cond: Dict[str, Any]) -> bool:
 
 
 def expand_matrix(cfg: SuiteCfg) -> List[Dict[str, Any]]:
-    """Cartesian product of ``matrix``, minus ``exclude`` matches, plus ``include`` cells."""
-    keys = list(cfg.matrix)
-    cells = [dict(zip(keys, combo)) for combo in itertools.product(*(cfg.matrix[k] for k in keys))] if keys else [{}]
+    """Cartesian product of ``cases`` × ``matrix``, minus ``exclude`` matches, plus ``include`` cells.
+
+    A cell maps dotted paths to values; the case (if any) is under the key ``case``.
+    """
+    axes = ({"case": list(cfg.cases)} if cfg.cases else {}) | dict(cfg.matrix)
+    keys = list(axes)
+    cells = [dict(zip(keys, combo)) for combo in itertools.product(*(axes[k] for k in keys))] if keys else [{}]
     cells = [c for c in cells if not any(_matches(c, ex) for ex in cfg.exclude)]
     for inc in cfg.include:
         if inc not in cells:
@@ -395,9 +392,13 @@ def load_suite(path: str | Path, sets: List[str] = (), only: List[str] = (), see
     for where, keys in (("matrix", list(cfg.matrix)), ("include", [k for c in cfg.include for k in c]),
                         ("exclude", [k for c in cfg.exclude for k in c])):
         for k in dict.fromkeys(keys):
+            if k == "case" and where != "matrix":
+                continue
             if k.split(".")[0] not in RUN_SECTIONS or "." not in k:
                 errors.append(f"{where}: {k!r} is not a run-config path; paths start with "
                               + ", ".join(f"{s}." for s in RUN_SECTIONS))
+    if cfg.task is None and not (cfg.cases and all("task" in c for c in cfg.cases.values())):
+        errors.append("task: field required (at top level, or in every case)")
     if errors:
         raise SuiteError(str(path), errors)
     base = {k: raw[k] for k in RUN_SECTIONS if k in raw}
@@ -408,8 +409,14 @@ def load_suite(path: str | Path, sets: List[str] = (), only: List[str] = (), see
     for cell in cells:
         label_cell = " ".join(f"{short[k]}={_fmt_value(v)}" for k, v in cell.items())
         cell_cfg = copy.deepcopy(base)
+        if "case" in cell:
+            if cell["case"] not in cfg.cases:
+                errors.append(f"include: case {cell['case']!r} is not defined; cases: {', '.join(cfg.cases)}")
+                continue
+            cell_cfg = deep_merge(cell_cfg, cfg.cases[cell["case"]])
         for k, v in cell.items():
-            set_path(cell_cfg, k, v)
+            if k != "case":
+                set_path(cell_cfg, k, v)
         resolved, errs = resolve_cell(cell_cfg, validate_registries)
         if errs:
             where = f"matrix cell [{label_cell}]: " if cell else ""
@@ -448,11 +455,13 @@ def resolve_cell(cell_cfg: Dict[str, Any], validate_registries: bool = True) -> 
     except ValidationError as e:
         return {}, [m for m in _pydantic_errors(e, "task.")]
     task_cfg = dict(cell_cfg["task"])
-    defaults_model, defaults_train = {}, {}
+    defaults_model, defaults_train, defaults_reg = {}, {}, {}
     try:
         task = registries.build_task(task_cfg)
+        task_cfg = task.config()  # options resolved with their defaults: part of the run's identity
         defaults_model = task.default_model() or {}
-        defaults_train = task.default_train() or {}
+        defaults_train = {k: v for k, v in (task.default_train() or {}).items() if v is not None}
+        defaults_reg = task.default_regularizers() or {}
     except Exception as e:  # noqa: BLE001 - registry errors carry the allowed values
         errors.append(f"task: {e}")
     model_cfg = dict(cell_cfg.get("model") or {})
@@ -462,7 +471,7 @@ def resolve_cell(cell_cfg: Dict[str, Any], validate_registries: bool = True) -> 
     resolved = {
         "task": task_cfg,
         "model": model_cfg,
-        "regularizers": copy.deepcopy(cell_cfg.get("regularizers") or {}),
+        "regularizers": deep_merge(defaults_reg, cell_cfg.get("regularizers") or {}),
         "train": train_cfg,
         "evaluate": copy.deepcopy(cell_cfg.get("evaluate") or {}),
     }
@@ -476,6 +485,7 @@ def resolve_cell(cell_cfg: Dict[str, Any], validate_registries: bool = True) -> 
             errors.extend(_pydantic_errors(e, f"{key}."))
     if errors or not validate_registries:
         return resolved, errors or None
+    errors.extend(registries.check_train(resolved["train"]))
     errors.extend(registries.check_model(resolved["model"]))
     errors.extend(registries.check_regularizers(resolved["regularizers"]))
     errors.extend(registries.check_corruptions(resolved["evaluate"].get("corruptions", {})))

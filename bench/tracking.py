@@ -83,9 +83,10 @@ class Tracker:
     def __init__(self, uri: Optional[str] = None):
         import logging
 
-        logging.getLogger("mlflow").setLevel(logging.WARNING)
-        logging.getLogger("alembic").setLevel(logging.WARNING)
         from mlflow import MlflowClient
+
+        for name in ("mlflow", "alembic", "mlflow.store.db.utils"):  # after the import: MLflow sets its own levels
+            logging.getLogger(name).setLevel(logging.WARNING)
 
         self.uri = resolve_uri(uri)
         self.client = MlflowClient(tracking_uri=self.uri)

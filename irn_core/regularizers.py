@@ -30,7 +30,7 @@ from .normalization import frozen_normalization
 
 __all__ = [
     "REGULARIZERS", "regularization", "hutchinson", "trajectory_penalty", "tv_penalty", "diagonal_estimate",
-    "convergence_rate_penalty", "PerturbationStreams", "nemon_lipschitz_penalty", "trapezoid_weights",
+    "convergence_rate_penalty", "PerturbationStreams", "check_config", "nemon_lipschitz_penalty", "trapezoid_weights",
 ]
 
 # name -> accepted options (and their defaults)
@@ -43,7 +43,7 @@ REGULARIZERS: Dict[str, Dict[str, object]] = {
 }
 
 
-def _check_config(config: Mapping[str, Mapping[str, object]]) -> Dict[str, Dict[str, object]]:
+def check_config(config: Mapping[str, Mapping[str, object]]) -> Dict[str, Dict[str, object]]:
     out = {}
     for name, opts in (config or {}).items():
         if name not in REGULARIZERS:
@@ -253,7 +253,7 @@ def regularization(model: nn.Module, config: Mapping[str, Mapping[str, object]],
     Unknown names or options raise ValueError listing the valid ones. Returns ``(total, {name: value})``
     (values are weighted, i.e. they add up to ``total``).
     """
-    cfg = _check_config(config)
+    cfg = check_config(config)
     comps: Dict[str, torch.Tensor] = {}
     layers = list(implicit_layers(model).values())
 

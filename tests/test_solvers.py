@@ -166,3 +166,17 @@ def test_gmres_nonsymmetric_without_contraction_and_zero_rhs():
 def test_direct_refuses_large_states():
     with pytest.raises(SolverError, match="max_dim"):
         get_linear("direct")(lambda v: v, torch.ones(1, 50), max_dim=10)
+
+
+def test_anderson_survives_samples_that_diverge():
+    """One sample blows up to inf/NaN, the other converges: no linear-algebra error, the finite best
+    iterate is returned for the diverged sample and it is reported unconverged."""
+    x = torch.tensor([[0.5], [3.0]], dtype=torch.float32)
+
+    def g(y):
+        out = x + 0.5 * torch.tanh(y)
+        return torch.cat([out[:1], torch.exp(torch.exp(y[1:]))])  # second sample: fast blow-up
+
+    y, st = get_nonlinear("anderson")(g, x.clone(), tol=1e-6, max_iter=50)
+    assert torch.isfinite(y).all()
+    assert st.converged.tolist() == [True, False]

@@ -135,6 +135,9 @@ def anderson(g: Map, y0: torch.Tensor, *, tol: float = 1e-6, max_iter: int = 100
             nk = min(k, m)
             Gk = F[:, :nk] - X[:, :nk]
             GG = Gk @ Gk.transpose(1, 2)
+            finite = torch.isfinite(GG).all(dim=(1, 2))
+            if not bool(finite.all()):  # diverged samples: keep their system solvable (they stay non-finite)
+                GG = torch.where(finite[:, None, None], GG, eye[:nk, :nk].expand_as(GG))
             scale = GG.diagonal(dim1=1, dim2=2).amax(dim=1).clamp_min(tiny)
             H = torch.zeros(B, nk + 1, nk + 1, dtype=dt, device=dev)
             H[:, 0, 1:] = 1.0

@@ -1,0 +1,135 @@
+"""``resnet_ds`` (ResNet-D / ResNet-S CIFAR networks, SPEC §4) and ``nemon`` (SPEC §5) built on
+:mod:`irn_core.variants`.
+
+resnet_ds: 3×3 conv stem (periodic padding) to ``channels`` c, BN, ReLU → n residual layers → 2D
+pooling (average pool 2×2 + zero channel padding: half the resolution, double the channels) → n
+layers → pooling → n layers → global average pool → linear. ``form``:
+
+- ``post_activation`` (the paper): explicit ResNetDLayer / ResNetSLayer x ↦ σ(x ∓ …) with batch norm;
+  ``layer.theta`` must be absent or 0 (use form: theta for θ-methods).
+- ``theta``: each stage is one ImplicitBlock of n θ-steps, one field F_D = −A₂σ(A₁x + b₁) or
+  F_S = −Aᵀσ(Ax + b) per step (no outer σ, no batch norm: see irn_core.variants), step ``h``.
+
+Depth as the paper counts it (distinct filters): ResNet-D n = 3, 6, 9, 12 ↔ depth 18, 36, 54, 72;
+ResNet-S n = 3, 6, 9, 12 ↔ depth 11, 20, 29, 38. ResNet-D's A₂ ≥ 0 needs
+:func:`irn_core.variants.project_nonnegative` after every optimiser step (bench.train does it).
+
+nemon: x = σ(Ax + Bu + b), logits = Cx + c with A ℓ∞-parameterised (μ∞ ≤ m). ``kind: dense``: u is the
+flattened image; ``kind: conv``: u = avgpool(ReLU(conv3×3(image))) flattened (a convolutional input
+injection; the equilibrium itself is dense, irn_core.variants has no convolutional ℓ∞ A).
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import variants
+from . import register_model
+from .common import make_normalize, split_layer
+
+__all__ = ["resnet_ds", "nemon", "PoolPad"]
+
+
+class PoolPad(nn.Module):
+    """The 2D pooling layer: average pool 2×2 and zero-pad the channels c → 2c."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.channels = int(channels)
+
+    def forward(self, x):
+        return F.pad(F.avg_pool2d(x, 2), (0, 0, 0, 0, 0, self.channels))
+
+
+class _Net(nn.Module):
+    def __init__(self, normalize, stem, body, head):
+        super().__init__()
+        self.normalize, self.stem, self.body, self.head = normalize, stem, body, head
+
+    def forward(self, x):
+        return self.head(self.body(self.stem(self.normalize(x))))
+
+
+FORMS = ("post_activation", "theta")
+VARIANTS = ("D", "S")
+
+
+def resnet_ds(layer: Optional[Dict[str, Any]] = None, variant: str = "D", n: int = 3, channels: int = 16,
+              in_channels: int = 3, num_classes: int = 10, form: str = "post_activation", h: float = 1.0,
+              batch_norm: bool = True, padding_mode: str = "circular",
+              normalize: Optional[Dict[str, Sequence[float]]] = None) -> nn.Module:
+    """ResNet-D/-S (Zhang & Schaeffer). Options: ``layer``; ``variant`` D | S; ``n`` layers per stage;
+    ``channels`` c of the first stage (16); ``in_channels``; ``num_classes``; ``form``
+    post_activation | theta; ``h`` θ-step size; ``batch_norm`` (post_activation form);
+    ``padding_mode`` circular (periodic, the paper) | zeros; ``normalize`` {mean, std}."""
+    kw, field_cfg = split_layer(layer)
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
+    if form not in FORMS:
+        raise ValueError(f"unknown form {form!r}; valid: {', '.join(FORMS)}")
+    if field_cfg:
+        raise ValueError("resnet_ds fields are structured (A₂ ≥ 0, Aᵀ); layer.field options are not supported")
+    n, c = int(n), int(channels)
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    stem = nn.Sequential(nn.Conv2d(in_channels, c, 3, padding=1, padding_mode=padding_mode, bias=False),
+                         nn.BatchNorm2d(c), nn.ReLU())
+    body = []
+    for s in range(3):
+        if s > 0:
+            body.append(PoolPad(c))
+            c *= 2
+        if form == "post_activation":
+            if kw.get("theta", 0.0) != 0.0:
+                raise ValueError("form post_activation is the explicit paper network; set form: theta for θ > 0")
+            extra = sorted(set(kw) - {"theta"})
+            if extra:
+                raise ValueError(f"layer option(s) {', '.join(extra)} need form: theta")
+            cls = variants.ResNetDLayer if variant == "D" else variants.ResNetSLayer
+            body.extend(cls(c, kind="conv", batch_norm=batch_norm, padding_mode=padding_mode) for _ in range(n))
+        else:
+            make = variants.resnet_d_block if variant == "D" else variants.resnet_s_block
+            lk = dict(kw)
+            theta = lk.pop("theta", 0.0)
+            body.append(make(c, steps=n, theta=theta, h=h, shared=False, kind="conv",
+                             padding_mode=padding_mode, **lk))
+    head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, num_classes))
+    return _Net(make_normalize(normalize), stem, nn.Sequential(*body), head)
+
+
+KINDS = ("dense", "conv")
+
+
+def nemon(layer: Optional[Dict[str, Any]] = None, kind: str = "dense", hidden: int = 100, channels: int = 64,
+          pool: int = 4, in_channels: int = 1, image_size: int = 28, num_classes: int = 10, m: float = 0.0,
+          activation: str = "relu", learn_d: bool = True,
+          normalize: Optional[Dict[str, Sequence[float]]] = None) -> nn.Module:
+    """NEMON classifier. Options: ``layer`` (solver, backward, on_nonconvergence only — NEMON is not a
+    θ-method; its default solver is the average iteration picard_average); ``kind`` dense | conv;
+    ``hidden`` equilibrium units (100); ``channels`` (64) and ``pool`` (output side of the pooling) of
+    the conv injection; ``in_channels``; ``image_size``; ``num_classes``; ``m`` (μ∞ bound, < 1);
+    ``activation``; ``learn_d``; ``normalize``."""
+    kw, field_cfg = split_layer(layer, defaults=False)
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}; valid: {', '.join(KINDS)}")
+    bad = sorted((set(kw) - {"solver", "backward", "on_nonconvergence"}) | ({"field"} if field_cfg else set()))
+    if bad:
+        raise ValueError(f"nemon is not a θ-method: layer option(s) {', '.join(bad)} do not apply; "
+                         "valid: solver, backward, on_nonconvergence")
+    if kind == "dense":
+        stem = nn.Flatten()
+        n_in = in_channels * image_size * image_size
+    else:
+        stem = nn.Sequential(nn.Conv2d(in_channels, channels, 3, padding=1), nn.ReLU(),
+                             nn.AdaptiveAvgPool2d(pool), nn.Flatten())
+        n_in = channels * pool * pool
+    body = variants.NEMONLayer(n_in, hidden, out_features=num_classes, m=m, activation=activation,
+                               learn_d=learn_d, **kw)
+    return _Net(make_normalize(normalize), stem, body, nn.Identity())
+
+
+register_model("resnet_ds")(resnet_ds)
+register_model("nemon")(nemon)

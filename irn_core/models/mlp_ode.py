@@ -1,0 +1,128 @@
+"""``mlp_ode``: an MLP vector field in one ImplicitBlock (journal §3 examples 1–3, arxiv-v1 examples).
+
+x (batch, n_in) → zero-augment to the state y_0 = [x, 0] ∈ R^d (d = dims[0]) → T θ-steps
+y_t = y_{t−1} + hΦ(γ_t, y_{t−1}, y_t) → readout:
+
+- ``output: state``      y_T, shape (batch, d)
+- ``output: last``       the last ``out_features`` coordinates of y_T (ex1: g(y_T) = last component)
+- ``output: trajectory`` all states stacked, shape (batch, T+1, d): ODE tasks compare y_j with
+                         data z(t_j) (ex2, ex3); the task picks the steps of its sample times
+- ``output: linear``     a linear classifier on y_T with ``out_features`` outputs (spirals)
+
+:meth:`MLPODE.rollout` runs the same (shared-field) block beyond its horizon, for extrapolation.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..fields import MLPField
+from ..layers import ImplicitBlock
+from .common import make_field, split_layer
+
+__all__ = ["MLPODE", "mlp_ode"]
+
+OUTPUTS = ("state", "last", "trajectory", "linear")
+
+
+class MLPODE(nn.Module):
+    def __init__(self, block: ImplicitBlock, augment: int, output: str, head: Optional[nn.Module],
+                 out_features: Optional[int]):
+        super().__init__()
+        self.block = block
+        self.augment = int(augment)
+        self.output = output
+        self.head = head
+        self.out_features = out_features
+
+    @property
+    def h(self) -> float:
+        return self.block.h
+
+    @property
+    def horizon(self) -> float:
+        return self.block.horizon
+
+    def lift(self, x: torch.Tensor) -> torch.Tensor:
+        """y_0 = [x, 0]: zero augmentation of the input to the state dimension."""
+        if self.augment == 0:
+            return x
+        return torch.cat([x, x.new_zeros(x.shape[0], self.augment)], dim=1)
+
+    def _read(self, y: torch.Tensor, traj) -> torch.Tensor:
+        if self.output == "state":
+            return y
+        if self.output == "last":
+            return y[:, -self.out_features:]
+        if self.output == "linear":
+            return self.head(y)
+        return torch.stack(traj, dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.output == "trajectory":
+            y, traj = self.block(self.lift(x), return_trajectory=True)
+        else:
+            y, traj = self.block(self.lift(x)), None
+        return self._read(y, traj)
+
+    def rollout(self, x: torch.Tensor, horizon: float) -> torch.Tensor:
+        """Trajectory (batch, S+1, d) of S = horizon / h steps from y_0 = lift(x).
+
+        Beyond the block's own T steps the block is applied again from its last state (the discrete
+        map extrapolated; needs a shared field, one F for all steps)."""
+        steps = int(round(horizon / self.block.h))
+        if steps < 1 or abs(steps * self.block.h - horizon) > 1e-6 * max(1.0, horizon):
+            raise ValueError(f"horizon {horizon} is not a positive multiple of the step h={self.block.h}")
+        if steps > self.block.steps and not self.block.shared:
+            raise ValueError("rollout beyond the block's steps needs a shared field (one F for all steps)")
+        y = self.lift(x)
+        traj = [y]
+        for _ in range(math.ceil(steps / self.block.steps)):
+            y, part = self.block(y, return_trajectory=True)
+            traj.extend(part[1:])
+        return torch.stack(traj[: steps + 1], dim=1)
+
+
+def mlp_ode(layer: Optional[Dict[str, Any]] = None, dims: Sequence[int] = (2, 10, 10, 10, 2),
+            activation: str = "gelu", bias_last: bool = True, init: str = "xavier_uniform", steps: int = 5,
+            h: Optional[float] = None, horizon: Optional[float] = None, shared: bool = True, augment: int = 0,
+            output: str = "state", out_features: Optional[int] = None) -> MLPODE:
+    """Build an :class:`MLPODE`.
+
+    Options: ``dims`` field sizes [d, w1, …, d]; ``activation`` (relu, gelu, tanh, …); ``bias_last``;
+    ``init`` (xavier_uniform | default); ``steps`` T; ``h`` or ``horizon`` (h = horizon/T; default h=1);
+    ``shared`` one field for all steps (else one per step); ``augment`` zero coordinates appended to
+    the input (input size = d − augment); ``output`` state | last | trajectory | linear;
+    ``out_features`` for last (default 1) and linear (required). Paper settings:
+    ex1 dims [2,10,10,10,2] gelu bias_last=False T=5 augment=1 output=last;
+    ex2 dims [1,4,4,1] relu T=20 horizon=2 shared=False field eig_range [-25,-15] output=trajectory;
+    ex3 dims [2,20,20,20,20,2] relu T=50 h=0.2 output=trajectory.
+    """
+    kw, field_cfg = split_layer(layer)
+    dims = [int(d) for d in dims]
+    if dims[0] != dims[-1]:
+        raise ValueError(f"mlp_ode dims must start and end with the state size, got {dims}")
+    if output not in OUTPUTS:
+        raise ValueError(f"unknown output {output!r}; valid: {', '.join(OUTPUTS)}")
+    if not 0 <= int(augment) < dims[0]:
+        raise ValueError(f"augment must be in [0, {dims[0]}), got {augment}")
+    d = dims[0]
+
+    def one():
+        return make_field(MLPField(dims, activation=activation, bias_last=bias_last, init=init), field_cfg, (d,))
+
+    field = one() if shared else [one() for _ in range(int(steps))]
+    block = ImplicitBlock(field, steps=steps, h=h, horizon=horizon, **kw)
+    head = None
+    if output == "last":
+        out_features = 1 if out_features is None else int(out_features)
+        if not 1 <= out_features <= d:
+            raise ValueError(f"out_features must be in [1, {d}] for output 'last', got {out_features}")
+    elif output == "linear":
+        if out_features is None:
+            raise ValueError("output 'linear' needs out_features (the number of classes)")
+        head = nn.Linear(d, int(out_features))
+    return MLPODE(block, int(augment), output, head, out_features)

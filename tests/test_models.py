@@ -1,0 +1,127 @@
+"""irn_core.models: every model builds from a config dict and runs forward + backward at θ ∈ {0, .5, 1}."""
+import warnings
+
+import pytest
+import torch
+
+from irn_core import ConvergenceWarning, ImplicitBlock, ThetaLayer, implicit_layers
+from irn_core.models import MODELS, build_model
+
+SOLVER = {"name": "anderson", "tol": 1e-5, "max_iter": 40}
+BACKWARD = {"name": "gmres", "tol": 1e-5, "max_iter": 30}
+
+CASES = {
+    "mlp_ode_ex1": ({"name": "mlp_ode", "dims": [2, 10, 10, 10, 2], "activation": "gelu", "bias_last": False,
+                     "steps": 5, "augment": 1, "output": "last"}, (6, 1), (6, 1)),
+    "mlp_ode_ex2": ({"name": "mlp_ode", "dims": [1, 4, 4, 1], "activation": "relu", "steps": 20, "horizon": 2.0,
+                     "shared": False, "output": "trajectory", "field": {"eig_range": [-25, -15]}}, (4, 1), (4, 21, 1)),
+    "mlp_ode_ex3": ({"name": "mlp_ode", "dims": [2, 20, 20, 2], "activation": "relu", "steps": 10, "h": 0.2,
+                     "output": "trajectory"}, (3, 2), (3, 11, 2)),
+    "mlp_ode_linear": ({"name": "mlp_ode", "dims": [4, 8, 4], "activation": "tanh", "steps": 3, "augment": 2,
+                        "output": "linear", "out_features": 2}, (5, 2), (5, 2)),
+    "resnet18_preact": ({"name": "resnet18_preact", "width": 4, "blocks": [1, 1], "image_size": 12,
+                         "normalize": {"mean": [0.5], "std": [0.25]}, "field": {"eig_range": [-3, 1]}},
+                        (2, 1, 12, 12), (2, 10)),
+    "mnist_compact": ({"name": "mnist_compact", "channels": [4, 8, 8], "image_size": 16,
+                       "field": {"eig_range": [-3, 1]}}, (2, 1, 16, 16), (2, 10)),
+    "mnist_compact_plain": ({"name": "mnist_compact", "channels": [4, 4, 4], "steps": 2, "h": 0.5}, (2, 1, 12, 12), (2, 10)),
+    "resnet_d_theta": ({"name": "resnet_ds", "variant": "D", "n": 1, "channels": 4, "form": "theta"},
+                       (2, 3, 8, 8), (2, 10)),
+    "resnet_s_theta": ({"name": "resnet_ds", "variant": "S", "n": 2, "channels": 4, "form": "theta", "num_classes": 100},
+                       (2, 3, 8, 8), (2, 100)),
+}
+
+
+def _with_layer(cfg, theta):
+    cfg = dict(cfg)
+    layer = {"theta": theta, "solver": SOLVER, "backward": BACKWARD, "on_nonconvergence": "ignore"}
+    if "field" in cfg:
+        layer["field"] = cfg.pop("field")
+    cfg["layer"] = layer
+    return cfg
+
+
+@pytest.mark.parametrize("theta", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_forward_backward_at_theta(case, theta):
+    cfg, in_shape, out_shape = CASES[case]
+    model = build_model(_with_layer(cfg, theta))
+    x = torch.rand(*in_shape, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        out = model(x)
+        assert out.shape == out_shape
+        out.square().mean().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    layers = implicit_layers(model)
+    assert layers and all(l.theta == theta for l in layers.values())
+    assert all(l.name for l in layers.values())  # assign_names ran
+    assert model.config["name"] == cfg["name"]
+
+
+def test_resnet_ds_post_activation_paper_form_and_nemon():
+    for variant in ("D", "S"):
+        m = build_model({"name": "resnet_ds", "variant": variant, "n": 1, "channels": 4})
+        x = torch.rand(2, 3, 8, 8, requires_grad=True)
+        m(x).sum().backward()
+        assert x.grad is not None and not implicit_layers(m)
+    with pytest.raises(ValueError, match="form: theta"):
+        build_model({"name": "resnet_ds", "layer": {"theta": 0.5}})
+    for kind in ("dense", "conv"):
+        m = build_model({"name": "nemon", "kind": kind, "hidden": 16, "channels": 4, "image_size": 12,
+                         "layer": {"solver": {"name": "picard_average", "tol": 1e-5, "max_iter": 200}}})
+        x = torch.rand(3, 1, 12, 12, requires_grad=True)
+        m(x).square().sum().backward()
+        assert torch.isfinite(x.grad).all() and m.body.A.A_hat.grad is not None
+    with pytest.raises(ValueError, match="not a θ-method"):
+        build_model({"name": "nemon", "layer": {"theta": 0.5}})
+
+
+def test_theta_zero_mlp_ode_is_the_explicit_resnet():
+    m = build_model({"name": "mlp_ode", "dims": [2, 5, 2], "steps": 3, "h": 0.5, "augment": 1, "output": "last"})
+    x = torch.randn(4, 1)
+    f = m.block.fields[0]
+    y = torch.cat([x, torch.zeros(4, 1)], 1)
+    for _ in range(3):
+        y = y + 0.5 * f(y)
+    assert torch.equal(m(x), y[:, -1:])
+
+
+def test_rollout_extrapolates_the_shared_block():
+    m = build_model({"name": "mlp_ode", "dims": [2, 8, 2], "steps": 5, "h": 0.2, "output": "trajectory"})
+    x = torch.randn(3, 2)
+    traj = m.rollout(x, horizon=3.0)  # 15 steps = 3 applications of the 5-step block
+    assert traj.shape == (3, 16, 2)
+    torch.testing.assert_close(traj[:, :6], m(x))
+    torch.testing.assert_close(traj[:, 5:11], m(traj[:, 5]))
+    per_step = build_model({"name": "mlp_ode", "dims": [1, 4, 1], "steps": 4, "shared": False, "output": "trajectory"})
+    with pytest.raises(ValueError, match="shared field"):
+        per_step.rollout(torch.zeros(1, 1), horizon=8.0)
+
+
+def test_registry_errors_list_valid_names_and_options():
+    assert set(MODELS) >= {"mlp_ode", "resnet18_preact", "mnist_compact", "resnet_ds", "nemon"}
+    with pytest.raises(ValueError, match="valid: .*mlp_ode"):
+        build_model({"name": "nope"})
+    with pytest.raises(ValueError, match="unknown option.*'widht'.*valid:.*width"):
+        build_model({"name": "resnet18_preact", "widht": 4})
+    with pytest.raises(ValueError, match="unknown layer option.*'thetaa'"):
+        build_model({"name": "mlp_ode", "layer": {"thetaa": 0.5}})
+    with pytest.raises(ValueError, match="unknown option.*'eig'"):
+        build_model({"name": "mlp_ode", "layer": {"field": {"eig_range": [-1, 1], "eig": 2}}})
+    with pytest.raises(ValueError, match="unknown nonlinear solver"):
+        build_model({"name": "mlp_ode", "layer": {"theta": 0.5, "solver": "nope"}})
+
+
+def test_eig_range_wraps_every_field():
+    from irn_core.normalization import EigenRangeField
+
+    m = build_model({"name": "resnet18_preact", "width": 4, "blocks": [1, 1], "image_size": 8,
+                     "layer": {"theta": 0.5, "field": {"eig_range": [-3, 1], "learnable_scale": False}}})
+    layers = [l for l in m.modules() if isinstance(l, ThetaLayer)]
+    assert len(layers) == 2 and all(isinstance(l.field, EigenRangeField) for l in layers)
+    assert all(l.field.eig_range == (-3.0, 1.0) for l in layers)
+    m2 = build_model({"name": "mnist_compact", "steps": 3, "layer": {"theta": 1.0}})
+    assert [b.steps for b in m2.modules() if isinstance(b, ImplicitBlock)] == [3, 3, 3]
