@@ -214,6 +214,24 @@ def ui(tracking_uri: Optional[str] = UriOpt, port: int = typer.Option(5000, help
     os.execv(sys.executable, cmd)
 
 
+def _register_plugins() -> None:
+    """Commands that live with their module: ``bench search`` (bench.search), ``bench report`` (bench.report).
+    Each module exposes ``register_cli(app)``."""
+    import importlib
+
+    for name in ("bench.search", "bench.report"):
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:
+                continue
+            raise
+        mod.register_cli(app)
+
+
+_register_plugins()
+
+
 def main() -> None:  # console script
     app()
 

@@ -11,6 +11,7 @@ reason and the traceback when anything goes wrong (NaN loss, solver blow-up, any
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import tempfile
 import time
@@ -79,7 +80,10 @@ def run_cell(config: Dict[str, Any], ctx: CellContext) -> CellResult:
             if r.info.status in ("RUNNING", "SCHEDULED") or (ctx.force and r.info.status == "FINISHED"):
                 tracker.delete(r.info.run_id)
         tags = {T.TAG_ROLE: "cell", T.TAG_HASH: ctx.spec_hash, T.TAG_SUITE: ctx.suite, T.TAG_LABEL: ctx.label,
-                T.TAG_SCHEMA: str(config.get("schema_version", "")), T.TAG_DEVICE: ctx.device}
+                T.TAG_SCHEMA: str(config.get("schema_version", "")), T.TAG_DEVICE: ctx.device,
+                T.TAG_CELL: json.dumps(ctx.overrides, sort_keys=True, default=str)}
+        if "case" in ctx.overrides:
+            tags[T.TAG_CASE] = str(ctx.overrides["case"])
         if ctx.parent_run_id:
             tags[T.PARENT_TAG] = ctx.parent_run_id
         run_id = tracker.start_run(ctx.experiment_id, ctx.label, tags)

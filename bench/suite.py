@@ -225,6 +225,7 @@ class SuiteCfg(_Strict):
     include: List[Dict[str, Any]] = []
     exclude: List[Dict[str, Any]] = []
     reports: List[ReportCfg] = []
+    search: Optional[Dict[str, Any]] = None  # checked by bench.search (Optuna studies)
 
     @field_validator("schema_version")
     @classmethod

@@ -27,6 +27,8 @@ TAG_REASON = "irn.failure_reason"
 TAG_PID = "irn.pid"
 TAG_HOST = "irn.host"
 TAG_DEVICE = "irn.device"
+TAG_CELL = "irn.cell"  # the matrix values of the cell, JSON
+TAG_CASE = "irn.case"
 PARENT_TAG = "mlflow.parentRunId"
 
 DEFAULT_RESULTS = "results"
