@@ -88,7 +88,8 @@ def run_cell(config: Dict[str, Any], ctx: CellContext) -> CellResult:
             tags[T.PARENT_TAG] = ctx.parent_run_id
         run_id = tracker.start_run(ctx.experiment_id, ctx.label, tags)
         try:
-            summary = _train_and_log(config, ctx, tracker, run_id)
+            summary = train_and_log(config, tracker, run_id, device=ctx.device, threads=ctx.threads,
+                                    progress=ctx.progress)
         except BaseException as e:  # noqa: BLE001 - a failing cell must never stop the suite
             if isinstance(e, KeyboardInterrupt):
                 tracker.set_tags(run_id, {T.TAG_REASON: "interrupted"})
@@ -134,7 +135,15 @@ def _mean_metrics(acc: Dict[str, List[float]]) -> Dict[str, float]:
     return {k: (sum(v) / len(v)) for k, v in acc.items() if v}
 
 
-def _train_and_log(config: Dict[str, Any], ctx: CellContext, tracker: "T.Tracker", run_id: str) -> Dict[str, float]:
+def train_and_log(config: Dict[str, Any], tracker: "T.Tracker", run_id: str, device: str = "cpu",
+                  threads: Optional[int] = None, progress: Optional[Callable] = None,
+                  epoch_hook: Optional[Callable[[int, Dict[str, float]], None]] = None) -> Dict[str, float]:
+    """Train and evaluate one resolved config, logging everything into the existing MLflow run ``run_id``.
+
+    ``epoch_hook(epoch, metrics)`` is called after each epoch's metrics are logged (1-based epoch); it may
+    raise to stop training (e.g. ``optuna.TrialPruned``) — the exception propagates. Returns the last
+    epoch's metrics plus the final evaluation and corruption metrics. Raises on any failure.
+    """
     import torch
 
     from irn_core.models import build_model
@@ -145,12 +154,12 @@ def _train_and_log(config: Dict[str, Any], ctx: CellContext, tracker: "T.Tracker
     from .suite import flatten
     from .train import evaluate, fit, make_loader, set_seed
 
-    if ctx.threads:
-        torch.set_num_threads(ctx.threads)
-    device = torch.device(ctx.device)
+    if threads:
+        torch.set_num_threads(threads)
+    env = environment(device)
+    device = torch.device(device)
     tracker.log_params(run_id, flatten(config))
     tracker.log_text(run_id, yaml.safe_dump(config, sort_keys=True), "config.yaml")
-    env = environment(ctx.device)
     tracker.log_text(run_id, yaml.safe_dump(env, sort_keys=True), "environment.yaml")
     tracker.set_tags(run_id, {"irn.git_commit": env["git"]["commit"], "irn.torch": env["packages"]["torch"],
                               "irn.host_device": env.get("gpu") or env.get("cpu", "")})
@@ -186,8 +195,10 @@ def _train_and_log(config: Dict[str, Any], ctx: CellContext, tracker: "T.Tracker
         tracker.log_metrics(run_id, row, step=epoch + 1)
         last.clear()
         last.update(row)
-        if ctx.progress:
-            ctx.progress(epoch + 1, epochs)
+        if progress:
+            progress(epoch + 1, epochs)
+        if epoch_hook is not None:
+            epoch_hook(epoch + 1, row)
 
     fit(model, task, train_set, tcfg, device=device, seed=seed, val_set=val_set, penalty_fn=penalty,
         callback=on_epoch, eval_batch_size=ecfg.get("batch_size"), on_batch=on_batch)
