@@ -20,8 +20,8 @@ from .suite import SuiteError, load_suite
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="irn-bench: run, track, search and report suites of implicit residual network experiments.")
-err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
 
 SetOpt = typer.Option([], "--set", help="Override a suite field before expansion: key.path=value (repeatable).")
 OnlyOpt = typer.Option([], "--only", help="Keep only runs whose resolved key.path equals value (repeatable).")
@@ -106,7 +106,6 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file."),
         err.print(f"--device: {e}")
         raise typer.Exit(2)
     tracker = Tracker(tracking_uri)
-    tracker.init_store()
     exp_id = tracker.experiment_id(s.name)
     tracker.close_stale_parents(exp_id)
     status = tracker.status_by_hash(exp_id)
@@ -157,6 +156,8 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file."),
     def on_result(res):
         counts[res.status] = counts.get(res.status, 0) + 1
         results.append(res)
+        if res.status == "busy":  # revisited once this pass is over
+            return
         line = f"[{res.status}] {res.label}" + (f" ({res.wall_time:.1f}s)" if res.wall_time else "") + \
                (f": {res.reason}" if res.reason else "")
         if progress:
@@ -168,6 +169,13 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file."),
 
     try:
         execute(jobs_list, executor=executor, jobs=jobs, scheduler=scheduler, on_result=on_result, on_start=on_start)
+        busy = {r.spec_hash for r in results if r.status == "busy"}
+        if busy:  # cells another `bench run` was running: wait for them, then take its result (or run them)
+            err.print(f"waiting for {len(busy)} run(s) that another process is running")
+            results[:] = [r for r in results if r.status != "busy"]
+            counts["busy"] = 0
+            execute([(c, dataclasses.replace(ctx, wait=True)) for c, ctx in jobs_list if ctx.spec_hash in busy],
+                    executor=executor, jobs=jobs, scheduler=scheduler, on_result=on_result, on_start=on_start)
     except KeyboardInterrupt:
         tracker.finish(parent, "KILLED")
         err.print("interrupted: finished runs are kept; rerun the same command to resume")
@@ -180,7 +188,7 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file."),
 
     rows = [(r.label, r.status, f"{r.wall_time:.1f}", r.reason or "") for r in results]
     out.print(_status_table(f"{s.name}: {counts['finished']} finished, {counts['failed']} failed, "
-                            f"{counts['cached']} cached, {counts['busy']} running elsewhere — {wall:.1f}s",
+                            f"{counts['cached']} cached — {wall:.1f}s",
                             rows, ["run", "status", "seconds", "reason"]))
     failed = [r for r in results if r.status == "failed"]
     if failed:
@@ -226,7 +234,8 @@ def _register_plugins() -> None:
             if e.name == name:
                 continue
             raise
-        mod.register_cli(app)
+        if hasattr(mod, "register_cli"):
+            mod.register_cli(app)
 
 
 _register_plugins()

@@ -46,6 +46,7 @@ class CellContext:
     threads: Optional[int] = None
     overrides: Dict[str, Any] = field(default_factory=dict)
     progress: Optional[Callable] = None  # local executor only: progress(epoch, epochs)
+    wait: bool = False  # block on a cell another process is running, then use its result (or run it)
 
     def with_device(self, device: str) -> "CellContext":
         return dataclasses.replace(self, device=device)
@@ -68,7 +69,7 @@ class CellResult:
 def run_cell(config: Dict[str, Any], ctx: CellContext) -> CellResult:
     t0 = time.perf_counter()
     lock = CellLock(Path(ctx.lock_dir), ctx.suite, ctx.spec_hash)
-    if not lock.acquire():
+    if not lock.acquire(wait=ctx.wait):
         return CellResult(ctx.label, ctx.spec_hash, "busy", reason="being run by another process")
     try:
         tracker = T.Tracker(ctx.tracking_uri)

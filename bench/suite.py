@@ -379,9 +379,15 @@ def load_suite(path: str | Path, sets: List[str] = (), only: List[str] = (), see
     try:
         cfg = SuiteCfg.model_validate(raw)
     except ValidationError as e:
-        raise SuiteError(str(path), errors + _pydantic_errors(e)) from None
-    if errors:
-        raise SuiteError(str(path), errors)
+        # report these, then keep checking the rest (cells included) with the offending fields dropped,
+        # so that one pass lists every problem
+        errors += _pydantic_errors(e)
+        trimmed = {k: v for k, v in raw.items() if k not in {err["loc"][0] for err in e.errors() if err["loc"]}}
+        try:
+            cfg = SuiteCfg.model_validate({**trimmed, "name": raw.get("name") if isinstance(raw.get("name"), str) else "x"})
+        except ValidationError:
+            raise SuiteError(str(path), errors) from None
+        raw = trimmed
 
     filters = []
     for o in only:
@@ -398,9 +404,13 @@ def load_suite(path: str | Path, sets: List[str] = (), only: List[str] = (), see
             if k.split(".")[0] not in RUN_SECTIONS or "." not in k:
                 errors.append(f"{where}: {k!r} is not a run-config path; paths start with "
                               + ", ".join(f"{s}." for s in RUN_SECTIONS))
+    if validate_registries and cfg.reports:
+        from . import registries
+
+        errors.extend(registries.check_reports(cfg.reports))
     if cfg.task is None and not (cfg.cases and all("task" in c for c in cfg.cases.values())):
-        errors.append("task: field required (at top level, or in every case)")
-    if errors:
+        if not any(e.startswith("task") for e in errors):
+            errors.append("task: field required (at top level, or in every case)")
         raise SuiteError(str(path), errors)
     base = {k: raw[k] for k in RUN_SECTIONS if k in raw}
     cells = expand_matrix(cfg)
@@ -430,6 +440,10 @@ def load_suite(path: str | Path, sets: List[str] = (), only: List[str] = (), see
             conf = dict(resolved, seed=seed, schema_version=SCHEMA_VERSION)
             label = (label_cell + " " if label_cell else "") + f"seed={seed}"
             specs.append(RunSpec(suite=cfg.name, config=conf, label=label, overrides=dict(cell)))
+    if cfg.search is not None and not errors:
+        from .search import check_search  # the search block is checked by bench.search (Optuna)
+
+        errors.extend(check_search(cfg, raw, specs))
     if errors:
         raise SuiteError(str(path), errors)
     if filters:

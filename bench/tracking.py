@@ -9,6 +9,7 @@ cell (``irn.role=cell``) tagged with its spec hash ``irn.spec_hash`` — the cac
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -91,12 +92,14 @@ class Tracker:
             logging.getLogger(name).setLevel(logging.WARNING)
 
         self.uri = resolve_uri(uri)
-        self.client = MlflowClient(tracking_uri=self.uri)
+        with _store_init_lock(self.uri):  # MLflow creates the tables on first contact: one process at a time
+            self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+            self.init_store()
 
     # ---------------------------------------------------------------- store / experiments
     @_retry
     def init_store(self) -> None:
-        """Create (migrate) the store once, before any worker starts."""
+        """Create (migrate) the store if needed."""
         self.client.search_experiments(max_results=1)
 
     @_retry
@@ -189,6 +192,11 @@ class Tracker:
         self.client.set_terminated(run_id, status=status)
 
     @_retry
+    def set_status(self, run_id: str, status: str) -> None:
+        """Set a run's status without ending it (a resumed search study's parent back to RUNNING)."""
+        self.client.update_run(run_id, status=status)
+
+    @_retry
     def delete(self, run_id: str) -> None:
         self.client.delete_run(run_id)
 
@@ -211,6 +219,24 @@ class Tracker:
         for r in self.search(exp_id, f"tags.`{TAG_ROLE}` = 'parent' and attributes.status = 'RUNNING'"):
             if r.data.tags.get(TAG_HOST) == host and not _pid_alive(int(r.data.tags.get(TAG_PID, "0") or 0)):
                 self.finish(r.info.run_id, "KILLED")
+
+
+@contextlib.contextmanager
+def _store_init_lock(uri: str):
+    """Several processes starting at once on one SQLite file take turns creating it (MLflow's table
+    creation is not safe against a concurrent creator)."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    lock_path = Path(uri[len("sqlite:///"):]).with_suffix(".init.lock")
+    with open(lock_path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -1,0 +1,251 @@
+"""`bench run` through the real CLI on a real MLflow SQLite store (issue 5).
+
+In-process (typer's CliRunner) where possible; subprocesses where a process must be killed or two
+must run at once.
+"""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bench.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _store(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}"
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("IRN_RESULTS", str(tmp_path / "results"))
+    monkeypatch.delenv("IRN_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _write(tmp_path: Path, name: str, text: str) -> Path:
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+def cli(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def runs(uri: str, suite: str, all_states: bool = False):
+    from mlflow import MlflowClient
+
+    c = MlflowClient(uri)
+    exp = c.get_experiment_by_name(suite)
+    if exp is None:
+        return []
+    return [r for r in c.search_runs([exp.experiment_id], max_results=1000)
+            if all_states or r.data.tags.get("irn.role") == "cell"]
+
+
+FAST = """
+name: fast
+task: {{name: ex1_sine}}
+model:
+  name: mlp_ode
+  layer:
+    solver: {{name: anderson, tol: 1.0e-5, max_iter: 40}}
+    backward: {{name: gmres, tol: 1.0e-5, max_iter: 20}}
+train: {{epochs: {epochs}}}
+seeds: {seeds}
+matrix:
+  model.layer.theta: {thetas}
+"""
+
+
+def fast_suite(tmp_path, epochs=2, seeds="[0]", thetas="[0.0, 0.5]", name="fast.yaml"):
+    return _write(tmp_path, name, FAST.format(epochs=epochs, seeds=seeds, thetas=thetas))
+
+
+def test_smoke_suite_runs_then_rerun_runs_nothing(env):
+    smoke = ROOT / "suites" / "smoke.yaml"
+    r = cli("run", smoke, "--no-report")
+    assert r.exit_code == 0, r.output
+    cells = runs(_store(env), "smoke")
+    assert len(cells) == 2 and {c.info.status for c in cells} == {"FINISHED"}
+    run = cells[0]
+    assert run.data.params["model.name"] == "mlp_ode" and "train.epochs" in run.data.params
+    assert {"train/loss", "time/epoch_s", "final/test/mse"} <= set(run.data.metrics)
+    assert run.data.tags["irn.spec_hash"] and run.data.tags["mlflow.parentRunId"]
+    from mlflow import MlflowClient
+
+    c = MlflowClient(_store(env))
+    arts = {a.path for a in c.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "environment.yaml", "model"} <= arts
+    env_yaml = Path(c.download_artifacts(run.info.run_id, "environment.yaml", str(env)))
+    assert "torch" in env_yaml.read_text() and "commit" in env_yaml.read_text()
+    # the state dict loads back with weights_only=True
+    import torch
+
+    sd = torch.load(c.download_artifacts(run.info.run_id, "model/state_dict.pt", str(env)), weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in sd.values())
+
+    r2 = cli("run", smoke, "--no-report")
+    assert r2.exit_code == 0, r2.output
+    assert "0 to run, 2 cached" in r2.output
+    assert len(runs(_store(env), "smoke")) == 2
+    listing = cli("list", smoke)
+    assert listing.exit_code == 0 and listing.output.count("finished") == 2
+
+
+def test_same_seed_same_numbers(env):
+    s = fast_suite(env, thetas="[0.5]")
+    assert cli("run", s, "--no-report").exit_code == 0
+    first = runs(_store(env), "fast")[0].data.metrics["final/test/mse"]
+    assert cli("run", s, "--no-report", "--force").exit_code == 0
+    cells = runs(_store(env), "fast")
+    assert len(cells) == 1  # forced rerun replaces the finished run: still one per cell
+    assert cells[0].data.metrics["final/test/mse"] == first
+
+
+def test_diverging_cell_fails_with_reason_others_finish(env):
+    s = _write(env, "nan.yaml", """
+        name: nan-suite
+        task: {name: ex1_sine}
+        train: {epochs: 3}
+        matrix:
+          train.optimizer.lr: [0.001, 1.0e+12]
+    """)
+    r = cli("run", s, "--no-report")
+    assert r.exit_code == 1, r.output
+    cells = {c.data.params["train.optimizer.lr"]: c for c in runs(_store(env), "nan-suite")}
+    ok, bad = cells["0.001"], cells["1000000000000.0"]
+    assert ok.info.status == "FINISHED" and bad.info.status == "FAILED"
+    reason = bad.data.tags["irn.failure_reason"]
+    assert "NaN" in reason or "non-finite" in reason
+    from mlflow import MlflowClient
+
+    arts = {a.path for a in MlflowClient(_store(env)).list_artifacts(bad.info.run_id, "failure")}
+    assert "failure/traceback.txt" in arts
+    assert "1 run(s) failed" in r.output
+    # a failed run is never cached: the rerun tries it again (and it fails again)
+    r2 = cli("run", s, "--no-report")
+    assert "1 to run, 1 cached" in r2.output and r2.exit_code == 1
+
+
+MALFORMED = {
+    "unknown_key": ("name: x\ntask: {name: ex1_sine}\ntrian: {epochs: 2}\n", ["trian", "unknown key"]),
+    "wrong_type": ("name: x\ntask: {name: ex1_sine}\ntrain: {epochs: many}\n", ["train.epochs", "integer"]),
+    "theta_out_of_range": ("name: x\ntask: {name: ex1_sine}\nmodel: {name: mlp_ode, layer: {theta: 1.5}}\n",
+                           ["model.layer.theta", "1.5"]),
+    "theta_in_matrix": ("name: x\ntask: {name: ex1_sine}\nmatrix: {model.layer.theta: [0.5, 1.5]}\n",
+                        ["theta=1.5", "model.layer.theta"]),
+    "negative_epochs": ("name: x\ntask: {name: ex1_sine}\ntrain: {epochs: -3}\n", ["train.epochs", "-3"]),
+    "unknown_solver": ("name: x\ntask: {name: ex1_sine}\nmodel: {name: mlp_ode, layer: {solver: {name: broyden}}}\n",
+                       ["model.layer.solver", "broyden", "anderson"]),
+    "unknown_task": ("name: x\ntask: {name: imagenet}\n", ["task", "imagenet", "ex1_sine"]),
+    "unknown_model": ("name: x\ntask: {name: ex1_sine}\nmodel: {name: vgg}\n", ["model", "vgg", "mlp_ode"]),
+    "bad_matrix_path": ("name: x\ntask: {name: ex1_sine}\nmatrix: {modle.layer.theta: [0.5]}\n",
+                        ["matrix", "modle.layer.theta"]),
+    "duplicate_key": ("name: x\ntask: {name: ex1_sine}\nseeds: [0]\nseeds: [1]\n", ["duplicate key", "seeds"]),
+    "python_tag": ("name: !!python/object/apply:os.system ['echo hi']\ntask: {name: ex1_sine}\n",
+                   ["python/object", "not allowed"]),
+    "empty_file": ("", ["empty"]),
+    "yaml_syntax": ("name: x\ntask: {name: ex1_sine\n", ["YAML error", "line"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_suites_exit_2_naming_the_field_and_create_no_run(env, case):
+    text, needles = MALFORMED[case]
+    p = _write(env, f"{case}.yaml", text)
+    r = cli("run", p)
+    assert r.exit_code == 2, r.output
+    for n in needles:
+        assert n in r.output, (n, r.output)
+    assert str(p) in r.output  # the file is named
+    assert not (env / "results" / "mlflow.db").exists()  # nothing started, no store touched
+    assert cli("validate", p).exit_code == 2
+
+
+def test_all_errors_reported_at_once(env):
+    p = _write(env, "many.yaml", "name: x\ntask: {name: ex1_sine}\ntrain: {epochs: 0, batch_size: -1}\nfoo: 1\n")
+    r = cli("validate", p)
+    assert r.exit_code == 2
+    assert "train.epochs" in r.output and "train.batch_size" in r.output and "foo" in r.output
+
+
+def test_set_only_seeds_and_dry_run(env):
+    s = fast_suite(env, thetas="[0.0, 0.5, 1.0]")
+    r = cli("run", s, "--dry-run", "--only", "model.layer.theta=0.5", "--seeds", "3,4", "--set", "train.epochs=1")
+    assert r.exit_code == 0, r.output
+    assert "theta=0.5 seed=3" in r.output and "theta=0.5 seed=4" in r.output and "theta=1.0" not in r.output
+    assert runs(_store(env), "fast") == []
+    bad = cli("run", s, "--executor", "spark")
+    assert bad.exit_code == 2 and "spark" in bad.output
+
+
+def _bench(args, tmp_path, **kw):
+    env = {**os.environ, "IRN_RESULTS": str(tmp_path / "results"), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "bench", *map(str, args), "--no-report"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def _exactly_once(uri, suite, n):
+    cells = runs(uri, suite)
+    hashes = [c.data.tags["irn.spec_hash"] for c in cells]
+    finished = [c for c in cells if c.info.status == "FINISHED"]
+    assert len(finished) == n, [(c.info.run_name, c.info.status) for c in cells]
+    assert len(set(hashes)) == n and len(hashes) == n  # no duplicates, no leftovers
+    return cells
+
+
+def test_kill_9_mid_suite_then_rerun_each_run_exactly_once(env):
+    s = fast_suite(env, epochs=150, thetas="[0.0, 0.5, 1.0]", seeds="[0, 1]")
+    uri = _store(env)
+    p = _bench(["run", s], env)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill once a run finished and the next one is in flight
+        time.sleep(0.5)
+        try:
+            cells = runs(uri, "fast")
+        except Exception:  # noqa: BLE001 - store still being created
+            continue
+        if any(c.info.status == "FINISHED" for c in cells) and any(c.info.status == "RUNNING" for c in cells):
+            break
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    before = runs(uri, "fast")
+    assert any(c.info.status == "RUNNING" for c in before)  # the killed run is left behind
+    p2 = _bench(["run", s], env)
+    out, _ = p2.communicate(timeout=300)
+    assert p2.returncode == 0, out
+    _exactly_once(uri, "fast", 6)
+
+
+def test_two_concurrent_runs_on_one_store_lose_nothing(env):
+    s = fast_suite(env, epochs=30, thetas="[0.0, 0.5, 1.0]", seeds="[0, 1]")
+    ps = [_bench(["run", s], env) for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in ps]
+    assert all(p.returncode == 0 for p in ps), outs
+    _exactly_once(_store(env), "fast", 6)
+
+
+def _final_metrics(uri, suite):
+    return {c.data.tags["irn.label"]: c.data.metrics["final/test/mse"] for c in runs(uri, suite)}
+
+
+@pytest.mark.parametrize("executor", ["process", "dask"])
+def test_parallel_executors_match_in_process(env, executor):
+    s = fast_suite(env, epochs=3, thetas="[0.0, 0.5]", seeds="[0, 1]")
+    local_uri = f"sqlite:///{env / 'local.db'}"
+    par_uri = f"sqlite:///{env / f'{executor}.db'}"
+    assert cli("run", s, "--no-report", "--tracking-uri", local_uri).exit_code == 0
+    r = cli("run", s, "--no-report", "--tracking-uri", par_uri, "--executor", executor, "--jobs", "2")
+    assert r.exit_code == 0, r.output
+    a, b = _final_metrics(local_uri, "fast"), _final_metrics(par_uri, "fast")
+    assert len(a) == 4 and a == b
