@@ -184,6 +184,15 @@ class ModelCfg(_Named):
     layer: Optional[LayerCfg] = None
 
 
+class PartialModelCfg(BaseModel):
+    """The suite's ``model:`` may leave out ``name`` (and anything else): it is merged over the task's
+    default model; the resolved model is checked as a whole."""
+
+    model_config = ConfigDict(extra="allow")
+    name: Optional[str] = None
+    layer: Optional[LayerCfg] = None
+
+
 class TrainCfg(_Strict):
     """Training settings (see :mod:`bench.train`); optimizer/scheduler options are checked against
     the torch classes they build."""
@@ -215,7 +224,7 @@ class SuiteCfg(_Strict):
     schema_version: int = SCHEMA_VERSION
     task: Optional[_Named] = None
     cases: Dict[str, Dict[str, Any]] = {}
-    model: Optional[ModelCfg] = None
+    model: Optional[PartialModelCfg] = None
     regularizers: Dict[str, Dict[str, Any]] = {}
     train: Dict[str, Any] = {}
     evaluate: EvaluateCfg = EvaluateCfg()
