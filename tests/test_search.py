@@ -1,0 +1,309 @@
+"""bench search: Optuna studies over a suite's search block, tracked in MLflow (fast: ex1_sine, few epochs)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+optuna = pytest.importorskip("optuna")
+from typer.testing import CliRunner  # noqa: E402
+
+from bench.search import OUTCOME, open_storage  # noqa: E402
+from bench.tracking import Tracker  # noqa: E402
+
+BASE = {
+    "name": "tsearch",
+    "task": {"name": "ex1_sine"},
+    "model": {"name": "mlp_ode", "layer": {"theta": 0.5, "solver": {"name": "anderson", "tol": 1e-5, "max_iter": 50},
+                                           "backward": {"name": "gmres", "tol": 1e-5, "max_iter": 30}}},
+    "regularizers": {"divergence": {"weight": 0.0, "p": 2}},
+    "train": {"epochs": 3, "optimizer": {"name": "adam", "lr": 1e-3}},
+    "seeds": [0],
+    "search": {
+        "params": {"train.optimizer.lr": {"type": "float", "low": 1e-4, "high": 3e-2, "log": True},
+                   "regularizers.divergence.weight": {"type": "float", "low": 0.0, "high": 0.1}},
+        "objective": {"metric": "final/test/mse", "direction": "minimize"},
+        "sampler": {"name": "tpe", "seed": 0, "n_startup_trials": 2},
+        "n_trials": 4,
+    },
+}
+
+
+def _suite(tmp_path: Path, name: str = "suite.yaml", **changes) -> Path:
+    import copy
+
+    data = copy.deepcopy(BASE)
+    for k, v in changes.items():
+        cur = data
+        parts = k.split("__")
+        for p in parts[:-1]:
+            cur = cur.setdefault(p, {})
+        if v is None:
+            cur.pop(parts[-1], None)
+        else:
+            cur[parts[-1]] = v
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    res = tmp_path / "results"
+    monkeypatch.setenv("IRN_RESULTS", str(res))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.delenv("IRN_TRACKING_URI", raising=False)
+    return {"results": res, "storage": str(res / "optuna.journal"), "uri": f"sqlite:///{res / 'mlflow.db'}"}
+
+
+def _bench(*args):
+    from bench.cli import app
+
+    r = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+    return r.exit_code, r.output + (r.stderr if hasattr(r, "stderr") and r.stderr not in r.output else "")
+
+
+def _study(env, name="tsearch"):
+    return optuna.load_study(study_name=name, storage=open_storage(env["storage"]))
+
+
+def _counted(study):
+    return [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED", "RUNNING")
+            or (t.state.name == "FAIL" and t.user_attrs.get(OUTCOME) == "fail")]
+
+
+def _trial_runs(env, suite="tsearch"):
+    tr = Tracker(env["uri"])
+    exp = tr.experiment_id(f"{suite}-search", create=False)
+    return tr, exp, tr.search(exp, "tags.`irn.role` = 'trial'")
+
+
+def _cli_env(env):
+    e = dict(os.environ, IRN_RESULTS=str(env["results"]), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return e
+
+
+def _spawn(env, suite, *extra):
+    return subprocess.Popen([sys.executable, "-m", "bench", "search", str(suite), "--quiet", *map(str, extra)],
+                            env=_cli_env(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+# --------------------------------------------------------------------------- a study, resumed, exported
+
+
+def test_study_completes_tracks_and_export_reproduces(tmp_path, env):
+    suite = _suite(tmp_path)
+    code, out = _bench("search", suite)
+    assert code == 0, out
+    study = _study(env)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
+    # MLflow: one parent per study, one nested run per trial, best tagged
+    tr, exp, runs = _trial_runs(env)
+    parents = tr.search(exp, "tags.`irn.role` = 'study'")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    pid = parents[0].info.run_id
+    assert len(runs) == 4
+    assert all(r.data.tags["mlflow.parentRunId"] == pid and r.info.status == "FINISHED" for r in runs)
+    assert all(r.data.tags["irn.trial_state"] == "COMPLETE" for r in runs)
+    assert all("train.optimizer.lr" in r.data.params and "train/loss" in r.data.metrics for r in runs)
+    best = [r for r in runs if r.data.tags.get("irn.best") == "true"]
+    assert [int(b.data.tags["irn.trial_number"]) for b in best] == [study.best_trial.number]
+    assert parents[0].data.tags["irn.best_trials"] == str(study.best_trial.number)
+
+    # rerunning continues the study: it is complete, so nothing runs
+    code, out = _bench("search", suite)
+    assert code == 0, out
+    assert len(_study(env).trials) == 4 and len(_trial_runs(env)[2]) == 4
+    # a larger budget adds exactly the difference
+    code, out = _bench("search", suite, "--n-trials", 5)
+    assert code == 0, out
+    assert len(_study(env).trials) == 5
+
+    # export: validates, and `bench run` reproduces the best trial's metric with the same seed
+    best_t = _study(env).best_trial
+    exported = tmp_path / "best.yaml"
+    code, out = _bench("search", suite, "--export-only", "--export", exported, "--figures", tmp_path / "fig")
+    assert code == 0, out
+    assert "warning" not in out
+    data = yaml.safe_load(exported.read_text())
+    assert "search" not in data and data["seeds"] == [0]
+    assert data["train"]["optimizer"]["lr"] == best_t.params["train.optimizer.lr"]
+    code, out = _bench("validate", exported)
+    assert code == 0, out
+    code, out = _bench("run", exported, "--no-report")
+    assert code == 0, out
+    tr = Tracker(env["uri"])
+    cells = tr.cell_runs(tr.experiment_id("tsearch-best", create=False))
+    assert len(cells) == 1 and cells[0].data.tags["irn.spec_hash"] == best_t.user_attrs["irn.spec_hash"]
+    assert cells[0].data.metrics["final/test/mse"] == pytest.approx(best_t.value, rel=1e-6, abs=1e-9)
+    figs = sorted(p.name for p in (tmp_path / "fig").iterdir())
+    assert "tsearch-history.png" in figs and "tsearch-parallel.svg" in figs
+
+
+def test_multi_objective_pareto_export_per_cell(tmp_path, env):
+    suite = _suite(tmp_path, search__objective=None, matrix={"model.layer.theta": [0.5, 1.0]},
+                   search__objectives=[{"metric": "final/test/mse", "direction": "minimize"},
+                                       {"metric": "solver/*/fwd_iters", "direction": "minimize"}],
+                   search__n_trials=3, train__epochs=2)
+    code, out = _bench("search", suite, "--export", tmp_path / "pareto.yaml", "--figures", tmp_path / "fig")
+    assert code == 0, out
+    names = optuna.get_all_study_names(open_storage(env["storage"]))
+    assert sorted(names) == ["tsearch[theta=0.5]", "tsearch[theta=1.0]"]
+    data = yaml.safe_load((tmp_path / "pareto.yaml").read_text())
+    n_pareto = sum(len(_study(env, n).best_trials) for n in names)
+    assert len(data["cases"]) == n_pareto and all("-t" in c for c in data["cases"])
+    code, out = _bench("validate", tmp_path / "pareto.yaml")
+    assert code == 0 and f"{n_pareto} run(s)" in out, out
+    assert any(p.name.endswith("-pareto.png") for p in (tmp_path / "fig").iterdir())
+
+
+# --------------------------------------------------------------------------- pruning
+
+
+def test_pruner_prunes_and_mlflow_records_it(tmp_path, env):
+    suite = _suite(tmp_path, train__epochs=6, search__n_trials=6,
+                   search__params={"train.optimizer.lr": {"type": "float", "low": 1e-6, "high": 5e-2, "log": True}},
+                   search__pruner={"name": "median", "n_startup_trials": 1, "n_warmup_steps": 0,
+                                   "metric": "train/loss"})
+    code, out = _bench("search", suite)
+    assert code == 0, out
+    study = _study(env)
+    pruned = [t.number for t in study.trials if t.state.name == "PRUNED"]
+    assert pruned, [(t.state.name, t.params) for t in study.trials]
+    assert len(study.trials) == 6  # pruned trials count toward n_trials
+    _, _, runs = _trial_runs(env)
+    by_num = {int(r.data.tags["irn.trial_number"]): r for r in runs}
+    for n in pruned:
+        assert by_num[n].data.tags["irn.trial_state"] == "PRUNED"
+        assert by_num[n].info.status == "KILLED"
+        assert study.trials[n].intermediate_values  # fed per epoch
+
+
+# --------------------------------------------------------------------------- interruption, cooperation
+
+
+def _wait_for(pred, timeout=180.0, step=0.2):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if pred():
+            return True
+        time.sleep(step)
+    return False
+
+
+def test_killed_then_resumed_ends_with_exactly_n_trials(tmp_path, env):
+    n = 6
+    suite = _suite(tmp_path, train__epochs=15, search__n_trials=n)
+    p = _spawn(env, suite)
+
+    def two_done():
+        if not Path(env["storage"]).exists():
+            return False
+        try:
+            return sum(t.state.name == "COMPLETE" for t in _study(env).trials) >= 2
+        except KeyError:
+            return False
+
+    try:
+        assert _wait_for(two_done), "the search did not start"
+        time.sleep(0.3)  # most likely inside a trial now
+        p.send_signal(signal.SIGKILL)
+        p.wait(30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    before = _study(env).trials
+    assert sum(t.state.name == "COMPLETE" for t in before) < n, "finished before it could be killed"
+    running = [t.number for t in before if t.state.name == "RUNNING"]
+    print("trials RUNNING when killed:", running)
+
+    code, out = _bench("search", suite)
+    assert code == 0, out
+    study = _study(env)
+    assert len(_counted(study)) == n
+    assert not [t for t in study.trials if t.state.name == "RUNNING"]
+    for num in running:  # left RUNNING by the killed process: failed as stale, not counted, run closed
+        t = study.trials[num]
+        assert t.state.name == "FAIL" and t.user_attrs[OUTCOME] == "stale"
+    _, _, runs = _trial_runs(env)
+    nums = [int(r.data.tags["irn.trial_number"]) for r in runs]
+    assert len(nums) == len(set(nums)) == len(study.trials)  # one MLflow run per trial, no trial run twice
+    assert all(r.info.status != "RUNNING" for r in runs)
+    stale_runs = [r for r in runs if int(r.data.tags["irn.trial_number"]) in running]
+    assert all(r.info.status == "FAILED" for r in stale_runs)
+
+
+def test_two_processes_share_one_study(tmp_path, env):
+    n = 8
+    suite = _suite(tmp_path, train__epochs=20, search__n_trials=n)
+    # create the store/study first so that both workers start on an existing one
+    procs = [_spawn(env, suite), _spawn(env, suite)]
+    outs = []
+    for p in procs:
+        try:
+            outs.append(p.communicate(timeout=300)[0])
+        finally:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [0, 0], outs
+    study = _study(env)
+    assert len(study.trials) == n and len(_counted(study)) == n
+    assert sorted(t.number for t in study.trials) == list(range(n))
+    params = [tuple(sorted(t.params.items())) for t in study.trials]
+    assert len(set(params)) == n  # no trial duplicated (different seeds per trial)
+    assert len({t.user_attrs["irn.pid"] for t in study.trials}) == 2, "both processes ran trials"
+    _, _, runs = _trial_runs(env)
+    nums = sorted(int(r.data.tags["irn.trial_number"]) for r in runs)
+    assert nums == list(range(n))
+    tr = Tracker(env["uri"])
+    assert len(tr.search(tr.experiment_id("tsearch-search", create=False), "tags.`irn.role` = 'study'")) == 1
+
+
+# --------------------------------------------------------------------------- malformed search blocks
+
+
+BAD = [
+    ({"search__params": {"train.optimizer.lr": {"type": "float", "low": 0.1, "high": 0.01}}},
+     "search.params.train.optimizer.lr: low must be <= high"),
+    ({"search__params": {"train.optimizer.lr": {"type": "float", "low": 0.0, "high": 0.1, "log": True}}},
+     "search.params.train.optimizer.lr.low: a log-scale parameter needs low > 0"),
+    ({"search__params": {"model.layer.solver.name": {"type": "categorical", "choices": []}}},
+     "search.params.model.layer.solver.name.choices: a categorical parameter needs at least one choice"),
+    ({"search__params": {"regularizers.tv.weight": {"type": "float", "low": 0.0, "high": 0.1}}},
+     "search.params.regularizers.tv.weight: not a path of the resolved run config"),
+    ({"search__params": {"model.layer.solver.name": ["anderson", "no_such_solver"]}},
+     "search.params.model.layer.solver.name: value 'no_such_solver'"),
+    ({"search__objective": {"metric": "final/test/top1", "direction": "maximize"}},
+     "search.objective.metric: 'final/test/top1': the task's metrics are loss, mse"),
+    ({"search__objective": {"metric": "val/mse", "direction": "minimize"}},
+     "search.objective.metric: 'val/mse': this task has no validation set"),
+    ({"evaluate": {"corruptions": {"gaussian": {"std": [0.0, 0.1]}}},
+      "search__objective": {"metric": "corruption/gaussian/0.3/mse", "direction": "minimize"}},
+     "severity 0.3 of 'gaussian' is not evaluated"),
+    ({"search__objective": {"metric": "solver/nope/fwd_iters", "direction": "minimize"}},
+     "no implicit layer 'nope'"),
+    ({"search__sampler": "annealing"}, "search.sampler.name: unknown sampler 'annealing'"),
+    ({"search__pruner": {"name": "median", "bogus": 1}}, "search.pruner: unknown option(s) 'bogus'"),
+    ({"search__objective": None, "search__objectives": [{"metric": "final/test/mse", "direction": "minimize"},
+                                                        {"metric": "solver/block/fwd_iters", "direction": "minimize"}],
+      "search__pruner": "median"}, "search.pruner: pruning needs a single objective"),
+    ({"search__n_trials": 0}, "search.n_trials"),
+    ({"search__colour": "red"}, "search.colour: unknown key"),
+]
+
+
+@pytest.mark.parametrize("changes,message", BAD, ids=[m.split(":")[0] + f"-{i}" for i, (_, m) in enumerate(BAD)])
+def test_malformed_search_block_exits_2_before_any_trial(tmp_path, env, changes, message):
+    suite = _suite(tmp_path, **changes)
+    code, out = _bench("search", suite)
+    assert code == 2, out
+    assert message in " ".join(out.split()), out
+    assert not Path(env["storage"]).exists()  # no study, no trial
+    code, out = _bench("validate", suite)
+    assert code == 2 and message in " ".join(out.split()), out
