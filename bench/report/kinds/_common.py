@@ -1,0 +1,101 @@
+"""Helpers shared by the report kinds: cells (runs grouped over seeds), legends, statistics."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, List, Optional, Sequence
+
+import pandas as pd
+
+from ..output import cell_key_columns, default_hue, hue_colors, hue_value, json_key, key_label
+
+LINESTYLES = ["-", "--", ":", "-."]
+
+
+@dataclass
+class Cell:
+    label: str            # legend label (the varying matrix values, seed excluded)
+    hue: Any              # value of the hue key
+    color: Any
+    linestyle: str
+    runs: pd.DataFrame    # its runs (all seeds, any status)
+
+    @property
+    def finished(self) -> pd.DataFrame:
+        return self.runs[self.runs["status"] == "finished"]
+
+    @property
+    def status_text(self) -> str:
+        """'missing' / 'failed: <reason>' / 'running' for a cell without a finished run."""
+        st = self.runs["status"].tolist()
+        if "failed" in st:
+            reason = self.runs[self.runs["status"] == "failed"]["reason"].iloc[0]
+            return f"failed: {reason[:80]}"
+        if "running" in st:
+            return "running"
+        return "missing"
+
+
+def _sort_key(v: Any):
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return (0, float(v), "")
+    return (1, 0.0, json_key(v))
+
+
+def make_cells(ctx, runs: pd.DataFrame, hue: Optional[str], exclude: Sequence[str] = ()) -> List[Cell]:
+    """Group ``runs`` by their varying matrix values (seeds together), coloured by ``hue``."""
+    data = ctx.data
+    keys = [k for k in cell_key_columns(data, runs, exclude=tuple(exclude) + ("seed",))]
+    if hue and hue not in keys and hue != "case":
+        keys = [hue] + keys if hue in runs.columns else keys
+    groups: dict = {}
+    for _, row in runs.iterrows():
+        vals = tuple(json_key(row[k]) if k in row.index else json_key(hue_value(data, row, k)) for k in keys)
+        groups.setdefault(vals, []).append(row.name)
+    hue_vals = {}
+    for vals, idx in groups.items():
+        hue_vals[vals] = hue_value(data, runs.loc[idx[0]], hue)
+    colors = hue_colors(hue, [hue_vals[v] for v in sorted(groups, key=lambda v: _sort_key(hue_vals[v]))])
+    others = [k for k in keys if k != hue]
+    style_of: dict = {}
+    cells = []
+    for vals in sorted(groups, key=lambda v: (_sort_key(hue_vals[v]), v)):
+        first = runs.loc[groups[vals][0]]
+        parts = []
+        for k in keys:
+            v = first[k] if k in first.index else hue_value(data, first, k)
+            parts.append(f"{key_label(k)}={v:g}" if isinstance(v, float) else f"{key_label(k)}={v}")
+        other_vals = tuple(vals[keys.index(k)] for k in others)
+        ls = style_of.setdefault(other_vals, LINESTYLES[len(style_of) % len(LINESTYLES)])
+        cells.append(Cell(" ".join(parts) or "all runs", hue_vals[vals], colors.get(hue_vals[vals]), ls,
+                          runs.loc[groups[vals]]))
+    return cells
+
+
+def mean_sd(values: Sequence[float]):
+    vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not vals:
+        return float("nan"), float("nan"), 0
+    m = sum(vals) / len(vals)
+    sd = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else float("nan")
+    return m, sd, len(vals)
+
+
+def pretty_metric(m: str) -> str:
+    names = {"train/loss": "training loss", "train/objective": "training objective (loss + penalties)",
+             "train/mse": "training MSE", "train/top1": "training top-1", "train/top2": "training top-2",
+             "val/loss": "validation loss", "val/top1": "validation top-1", "val/mse": "validation MSE",
+             "time/epoch_s": "time per epoch [s]", "lr": "learning rate"}
+    if m in names:
+        return names[m]
+    if m.startswith("train/penalty/"):
+        return f"penalty: {m.split('/')[-1]}"
+    return m
+
+
+def split_by_default(ctx, split_by):
+    if split_by == "none":
+        return None
+    if split_by:
+        return split_by
+    return "case" if ctx.data.suite.cfg.cases and ctx.runs["case"].nunique() > 1 else None

@@ -1,0 +1,131 @@
+"""spectrum: stability regions |R(z)| ≤ 1 of the θ-method with contours of the stability function
+(journal Figure 3), and the eigenvalues z = hλ of ∂F(γ, y)/∂y along the learned trajectories of the
+train (red) and test (blue) data over the region of the run's θ (Figure 8 bottom, Figure 10 bottom)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..output import default_hue, key_label, split_groups, theta_color
+from ..registry import register_report
+from ._common import make_cells, split_by_default
+from ._model import ModelUnavailable, block_trajectory, inputs, is_state_model, load_model, pick_run
+
+LEVELS = [0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0]
+
+
+def _check(e):
+    lv = e["levels"]
+    if not isinstance(lv, list) or not all(isinstance(v, (int, float)) and v > 0 for v in lv):
+        return [f"levels: must be a list of positive numbers (got {lv!r})"]
+    return []
+
+
+def _region(ax, theta, re, im, levels, n=301):
+    from irn_core.analysis import stability_region
+
+    Z, R, inside = stability_region(theta, re=re, im=im, n=n)
+    ax.contourf(Z.real, Z.imag, inside.astype(float), levels=[0.5, 1.5], colors=["0.82"]).set_rasterized(True)
+    Rc = np.where(np.isfinite(R), R, 1e6)
+    cs = ax.contour(Z.real, Z.imag, Rc, levels=sorted(levels), colors="0.35", linewidths=0.6)
+    ax.clabel(cs, fontsize=6, fmt="%g")
+    if theta > 0 and re[0] <= 1 / theta <= re[1]:
+        ax.plot([1 / theta], [0], "x", color="black", ms=5)
+    ax.axhline(0, color="0.5", lw=0.4)
+    ax.axvline(0, color="0.5", lw=0.4)
+    ax.set_xlim(*re)
+    ax.set_ylim(*im)
+    ax.set_aspect("equal")
+    ax.set_xlabel("Re z")
+    ax.set_ylabel("Im z")
+    ax.grid(False)
+
+
+@register_report("spectrum", {"hue": None, "split_by": None, "seed": None, "test": True, "levels": LEVELS,
+                              "extent": None, "regions": True},
+                 doc="stability regions of the θ values (Figure 3) and Jacobian eigenvalues z = hλ along the learned "
+                     "train (red) / test (blue) trajectories over each cell's region (Figure 8 bottom)", check=_check)
+def render(ctx, e):
+    thetas = sorted({float(t) for t in ctx.runs["theta"].dropna()})
+    if e["regions"] and thetas:
+        _regions_figure(ctx, thetas, e)
+    split_by = split_by_default(ctx, e["split_by"])
+    hue = default_hue(ctx.data, ctx.runs, e["hue"])
+    for suffix, title_part, runs in split_groups(ctx.runs, split_by):
+        cells = make_cells(ctx, runs, hue, exclude=(split_by,) if split_by else ())
+        panels = []
+        for c in cells:
+            row = pick_run(c, e["seed"])
+            if row is None:
+                ctx.note(f"{c.label}: {c.status_text} — no spectrum.")
+                continue
+            try:
+                model, task, cfg = load_model(ctx, row)
+            except ModelUnavailable as ex:
+                ctx.note(str(ex))
+                continue
+            if not is_state_model(model):
+                ctx.note(f"{c.label}: spectrum needs a state-space model (mlp_ode), got {cfg['model']['name']!r}.")
+                continue
+            from irn_core.analysis import trajectory_spectra
+
+            train, _, test = task.data(int(row["seed"]))
+            ev_tr = trajectory_spectra(model.block, block_trajectory(model, inputs(train)[0]), scaled=True)
+            ev_te = None
+            if e["test"] and test is not None:
+                ev_te = trajectory_spectra(model.block, block_trajectory(model, inputs(test)[0]), scaled=True)
+            theta = float(cfg["model"]["layer"]["theta"])
+            panels.append((c, row, theta, np.concatenate([v.numpy().ravel() for v in ev_tr]),
+                           None if ev_te is None else np.concatenate([v.numpy().ravel() for v in ev_te])))
+        if panels:
+            _spectra_figure(ctx, panels, e, title_part, suffix)
+
+
+def _regions_figure(ctx, thetas, e):
+    import matplotlib.pyplot as plt
+
+    n = len(thetas)
+    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.3), squeeze=False)
+    for ax, th in zip(axes[0], thetas):
+        _region(ax, th, (-4.0, 4.0), (-3.0, 3.0), e["levels"])
+        ax.set_title(f"θ = {th:g}", color=theta_color(th))
+    fig.suptitle("Stability regions |R(z)| ≤ 1 (grey) and contours of |R(z)|, R(z) = (1 + (1−θ)z)/(1 − θz)")
+    fig.tight_layout()
+    ctx.figure(fig, "regions", "Stability regions of θ-method layers (grey, |R(z)| ≤ 1) with contours of |R(z)|; "
+                               "× marks the pole z = 1/θ (journal Figure 3)")
+
+
+def _spectra_figure(ctx, panels, e, title_part, suffix):
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    n = len(panels)
+    ncol = min(n, 3)
+    nrow = math.ceil(n / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.8 * ncol, 3.6 * nrow), squeeze=False)
+    allz = np.concatenate([np.concatenate([p[3]] + ([p[4]] if p[4] is not None else [])) for p in panels])
+    if e["extent"]:
+        re, im = tuple(e["extent"][0]), tuple(e["extent"][1])
+    else:
+        r = max(3.0, float(np.nanmax(np.abs(allz.real))) * 1.15, float(np.nanmax(np.abs(allz.imag))) * 1.15)
+        r = min(r, 1e3)
+        re, im = (-r, r), (-0.8 * r, 0.8 * r)
+    for ax, (c, row, theta, ztr, zte) in zip(axes.flat, panels):
+        _region(ax, theta, re, im, e["levels"])
+        if zte is not None:
+            ax.plot(zte.real, zte.imag, ".", color="tab:blue", ms=2, alpha=0.5, rasterized=True)
+        ax.plot(ztr.real, ztr.imag, ".", color="tab:red", ms=4, alpha=0.9, rasterized=True)
+        ax.set_title(f"{c.label} (seed {int(row['seed'])})", color=c.color if c.color is not None else "black")
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    handles = [Line2D([], [], color="tab:red", marker=".", ls="none"), Line2D([], [], color="tab:blue", marker=".", ls="none"),
+               Line2D([], [], color="0.82", lw=6)]
+    fig.legend(handles, ["train", "test", "stability region |R(z)| ≤ 1"], loc="upper center", bbox_to_anchor=(0.5, 0.0),
+               ncol=3, frameon=False)
+    fig.suptitle("Eigenvalues z = hλ of ∂F(γ, y)/∂y along the learned trajectories, t = 0..T"
+                 + (f" — {title_part}" if title_part else ""))
+    fig.tight_layout()
+    ctx.figure(fig, suffix or "spectra", "Jacobian eigenvalues (scaled by h) along the trajectories of the train (red) "
+                                         "and test (blue) data over each run's stability region (grey) and |R(z)| "
+                                         "contours (journal Figure 8 bottom)")

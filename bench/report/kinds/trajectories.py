@@ -1,0 +1,186 @@
+"""trajectories: discrete rollouts of the trained network (top) and continuous-time rollouts of its
+learned field (bottom) against the data, with the training horizon marked where the rollout
+extrapolates beyond it — journal Figure 9 (ex2) and Figure 11 (ex3); plus their errors as a table."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..output import default_hue, key_label, mean_std, split_groups
+from ..registry import register_report
+from ._common import make_cells, mean_sd, split_by_default
+from ._model import ModelUnavailable, inputs, is_state_model, load_model, pick_run
+
+
+def _exact(task, x0: np.ndarray, t: np.ndarray):
+    """Dense reference solution (batch, len(t), d) for tasks that have one, else None (t uniform from 0)."""
+    name = getattr(task, "name", "")
+    if name == "ex2_stiff":
+        from ...tasks.ode import stiff_solution
+
+        return stiff_solution(x0[:, 0], t)[..., None]
+    if name == "ex3_lotka":
+        from ...tasks.ode import lotka_solution
+
+        dt = float(t[1] - t[0])
+        return np.stack([lotka_solution((float(a), float(b)), dt, len(t) - 1) for a, b in x0])
+    return None
+
+
+def _check(e):
+    errs = []
+    if not isinstance(e["sample"], int) or e["sample"] < 0:
+        errs.append(f"sample: must be a test-trajectory index >= 0 (got {e['sample']!r})")
+    if e["horizon"] is not None and not (isinstance(e["horizon"], (int, float)) and e["horizon"] > 0):
+        errs.append(f"horizon: must be a positive time (got {e['horizon']!r})")
+    return errs
+
+
+@register_report("trajectories",
+                 {"hue": None, "split_by": None, "seed": None, "sample": 0, "horizon": None, "method": "LSODA",
+                  "n_points": 400, "decimals": 4},
+                 doc="discrete network rollouts (top) and continuous-time rollouts of the learned field (bottom) vs "
+                     "the data on the test horizon, the training horizon marked; RMSE table", check=_check)
+def render(ctx, e):
+    split_by = split_by_default(ctx, e["split_by"])
+    hue = default_hue(ctx.data, ctx.runs, e["hue"])
+    for suffix, title_part, runs in split_groups(ctx.runs, split_by):
+        cells = make_cells(ctx, runs, hue, exclude=(split_by,) if split_by else ())
+        panels, table, num = [], [], []
+        for c in cells:
+            errs = {"discrete": {"in": [], "out": []}, "continuous": {"in": [], "out": []}}
+            shown = None
+            for _, row in c.finished.sort_values("seed").iterrows():
+                try:
+                    res = _rollouts(ctx, row, e)
+                except ModelUnavailable as ex:
+                    ctx.note(str(ex))
+                    continue
+                if res is None:
+                    break
+                if (e["seed"] is None and shown is None) or (e["seed"] is not None and int(row["seed"]) == int(e["seed"])):
+                    shown = res
+                for kind in ("discrete", "continuous"):
+                    for part in ("in", "out"):
+                        v = res["rmse"][kind][part]
+                        if v is not None:
+                            errs[kind][part].append(v)
+            if shown is not None:
+                panels.append((c, shown))
+            drow = {"cell": c.label}
+            nrow = {"cell": c.label, "theta": c.hue if hue and hue.endswith("theta") else None,
+                    "status": "finished" if len(c.finished) else c.status_text}
+            for kind in ("discrete", "continuous"):
+                for part, name in (("in", "≤ train horizon"), ("out", "extrapolation")):
+                    vals = errs[kind][part]
+                    drow[f"RMSE {kind} {name}"] = (mean_std(vals, int(e["decimals"])) if vals else
+                                                   ("—" if len(c.finished) else c.status_text))
+                    m, sd, n = mean_sd(vals)
+                    nrow[f"rmse/{kind}/{part}/mean"], nrow[f"rmse/{kind}/{part}/std"], nrow["n_seeds"] = m, sd, n
+            table.append(drow)
+            num.append(nrow)
+        if not panels:
+            if any(len(c.finished) for c in cells):
+                ctx.note(f"{title_part or 'trajectories'}: the runs' models have no rollout (needs an mlp_ode model "
+                         "with output: trajectory on a trajectory task).")
+            continue
+        disp = pd.DataFrame(table)
+        if not any(p[1]["t_train"] < p[1]["horizon"] - 1e-9 for p in panels):
+            disp = disp[[c for c in disp.columns if "extrapolation" not in c]]
+        ctx.table(disp, pd.DataFrame(num), suffix,
+                  f"Root-mean-square error of the rollouts against the exact solution on all test trajectories"
+                  f"{' — ' + title_part if title_part else ''}, up to the training horizon and beyond it "
+                  f"(extrapolation); mean ± std over seeds.")
+        _figure(ctx, panels, e, title_part, suffix)
+
+
+def _rollouts(ctx, row, e):
+    from irn_core.analysis import rollout
+
+    model, task, cfg = load_model(ctx, row)
+    if not is_state_model(model) or not hasattr(model, "rollout") or getattr(model, "output", "") != "trajectory":
+        return None
+    train, _, test = task.data(int(row["seed"]))
+    x0, yte = inputs(test)
+    _, ytr = inputs(train)
+    t_train = float(task.target_horizon(ytr)) if hasattr(task, "target_horizon") else float(model.horizon)
+    horizon = float(e["horizon"] or (task.target_horizon(yte) if hasattr(task, "target_horizon") else model.horizon))
+    h = float(model.h)
+    steps = int(round(horizon / h))
+    horizon = steps * h
+    with torch.no_grad():
+        disc = model.rollout(x0.float(), horizon=horizon).numpy()  # (B, S+1, d)
+    t_steps = np.arange(steps + 1) * h
+    y0 = model.lift(x0.float())
+    _, cont_steps = rollout(model.block, y0, t_steps, method=e["method"])
+    cont_steps = cont_steps.numpy().transpose(1, 0, 2)
+    t_dense = np.linspace(0.0, horizon, int(e["n_points"]))
+    _, cont_dense = rollout(model.block, y0, t_dense, method=e["method"])
+    cont_dense = cont_dense.numpy().transpose(1, 0, 2)
+    x0n = x0.numpy().astype(np.float64)
+    exact_steps = _exact(task, x0n, t_steps)
+    exact_dense = _exact(task, x0n, t_dense)
+    d = disc.shape[-1]
+    if exact_steps is None:  # the test targets at their sample times
+        P = yte.shape[1]
+        t_data = np.arange(1, P + 1) * (float(task.target_horizon(yte)) / P)
+        idx = np.rint(t_data / h).astype(int)
+        ref, dsel = yte.numpy(), disc[:, idx]
+        csel = cont_steps[:, idx]
+        tsel = t_data
+    else:
+        ref, dsel, csel, tsel = exact_steps, disc, cont_steps, t_steps
+    rm = {}
+    for kind, pred in (("discrete", dsel), ("continuous", csel)):
+        rm[kind] = {}
+        for part, mask in (("in", tsel <= t_train + 1e-9), ("out", tsel > t_train + 1e-9)):
+            rm[kind][part] = float(np.sqrt(np.mean((pred[:, mask] - ref[:, mask]) ** 2))) if mask.any() else None
+    s = min(int(e["sample"]), x0.shape[0] - 1)
+    return {"seed": int(row["seed"]), "t_steps": t_steps, "disc": disc[s], "t_dense": t_dense, "cont": cont_dense[s],
+            "exact": None if exact_dense is None else exact_dense[s], "data_t": np.arange(1, yte.shape[1] + 1) *
+            (float(task.target_horizon(yte)) / yte.shape[1]) if hasattr(task, "target_horizon") else None,
+            "data": yte.numpy()[s], "x0": x0n[s], "t_train": t_train, "horizon": horizon, "d": d, "rmse": rm,
+            "sample": s}
+
+
+def _figure(ctx, panels, e, title_part, suffix):
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    n = len(panels)
+    fig, axes = plt.subplots(2, n, figsize=(4.0 * n, 5.6), squeeze=False, sharey="row")
+    styles = ["-", "--", ":"]
+    for j, (c, r) in enumerate(panels):
+        for i, (key, t, states, title) in enumerate((("disc", r["t_steps"], r["disc"], "network (discrete steps)"),
+                                                    ("cont", r["t_dense"], r["cont"], "learned field, continuous time"))):
+            ax = axes[i][j]
+            for k in range(r["d"]):
+                if r["exact"] is not None:
+                    ax.plot(r["t_dense"], r["exact"][:, k], color="black", lw=1.0, ls=styles[k % 3])
+                else:
+                    ax.plot(np.concatenate([[0.0], r["data_t"]]), np.concatenate([[r["x0"][k]], r["data"][:, k]]), "o",
+                            color="black", ms=3)
+                x0k = r["x0"][k] if k < len(r["x0"]) else 0.0
+                ax.plot(t, states[:, k], color=c.color, lw=1.4, ls=styles[k % 3],
+                        marker="." if key == "disc" and len(t) <= 60 else None, ms=3)
+            if r["horizon"] > r["t_train"] + 1e-9:
+                ax.axvline(r["t_train"], color="0.3", ls=":", lw=1.0)
+                ax.text(r["t_train"], ax.get_ylim()[1], " extrapolation →", fontsize=7, va="top", ha="left", color="0.3")
+            ax.set_xlabel("t")
+            ax.set_ylabel("state $z$" if j == 0 else "")
+            ax.set_title(f"{c.label}: {title}", color=c.color if c.color is not None else "black", fontsize=9)
+    handles = [Line2D([], [], color="black", lw=1.0), Line2D([], [], color="0.4", lw=1.4)]
+    labels = ["exact solution (data)", "model (colour: θ)"]
+    if panels[0][1]["d"] > 1:
+        handles += [Line2D([], [], color="0.4", ls=styles[k % 3]) for k in range(panels[0][1]["d"])]
+        labels += [f"$z_{k + 1}$" for k in range(panels[0][1]["d"])]
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(labels), frameon=False)
+    fig.suptitle(f"Test trajectory {panels[0][1]['sample']}: network rollout (top) and continuous-time rollout of the "
+                 f"learned field (bottom)" + (f" — {title_part}" if title_part else ""))
+    fig.tight_layout()
+    ctx.figure(fig, suffix, "Top: the trained network's discrete rollout; bottom: the learned vector field integrated "
+                            "in continuous time (solve_ivp); black: exact solution; dotted line: end of the training "
+                            "interval (journal Figures 9 and 11)")

@@ -1,0 +1,48 @@
+"""Published numbers kept in the repository as data (``references/<name>.csv``, long format:
+one column per key the table is indexed by, plus ``metric`` and ``value``; ``#`` lines are comments)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import pandas as pd
+
+REFERENCE_DIR = Path(__file__).parent / "references"
+
+
+def reference_names() -> List[str]:
+    return sorted(p.stem for p in REFERENCE_DIR.glob("*.csv"))
+
+
+def reference_path(name: str, base: Optional[Path] = None) -> Path:
+    """A bundled reference by name (``paper-table-3``) or a CSV path (relative to ``base``, then the cwd)."""
+    if name.endswith(".csv") or "/" in name:
+        p = Path(name)
+        if not p.is_absolute() and base is not None and (base / p).exists():
+            return base / p
+        if p.exists():
+            return p
+        raise ValueError(f"reference file {name!r} not found; bundled references: {', '.join(reference_names())}")
+    p = REFERENCE_DIR / f"{name}.csv"
+    if not p.exists():
+        raise ValueError(f"unknown reference {name!r}; bundled references: {', '.join(reference_names())} "
+                         "(or give a path to a .csv)")
+    return p
+
+
+def load_reference(name: str, base: Optional[Path] = None) -> pd.DataFrame:
+    return pd.read_csv(reference_path(name, base), comment="#")
+
+
+def check_reference(name) -> List[str]:
+    if name is None:
+        return []
+    if not isinstance(name, str):
+        return [f"reference: must be a name ({', '.join(reference_names())}) or a .csv path, got {name!r}"]
+    if name.endswith(".csv") or "/" in name:
+        return []  # relative to the suite file: checked when rendering
+    try:
+        reference_path(name)
+    except ValueError as e:
+        return [f"reference: {e}"]
+    return []

@@ -1,0 +1,172 @@
+"""Render a suite's ``reports:`` list into ``reports/<suite-name>/`` (index.md, index.html, tables, figures)."""
+from __future__ import annotations
+
+import html
+import os
+import re
+import traceback
+from pathlib import Path
+from typing import List, Optional
+
+from .data import load_suite_data, select
+from .output import GENERATED_MARK, ReportContext, Section, setup_matplotlib
+from .registry import get_report, resolve_entry
+
+__all__ = ["render_suite", "default_out_dir", "ReportError"]
+
+_OUTPUT_EXT = (".md", ".tex", ".csv", ".png", ".svg", ".html")
+
+
+class ReportError(ValueError):
+    """A report entry cannot be used: ``field`` names it (``reports[i].option``)."""
+
+
+def default_out_dir(suite) -> Path:
+    return Path("reports") / suite.name
+
+
+def _clean(out_dir: Path) -> None:
+    """Remove the previous render (only if the folder holds one: index.md starts with our mark)."""
+    idx = out_dir / "index.md"
+    if not idx.exists() or not idx.read_text().startswith(GENERATED_MARK):
+        return
+    for p in sorted(out_dir.iterdir()):
+        if p.is_file() and p.suffix in _OUTPUT_EXT:
+            p.unlink()
+
+
+def _where_text(where) -> str:
+    if not where:
+        return ""
+    return ", ".join(f"{k} = {v}" for k, v in where.items())
+
+
+def render_suite(suite, tracking_uri: Optional[str] = None, out_dir: Optional[Path] = None) -> Path:
+    """Read ``suite``'s runs from the tracking store and render every entry of its ``reports:`` list.
+
+    Returns the output folder (default ``reports/<suite-name>`` relative to the working directory).
+    Entries that fail to render become a note in the index (the others are still rendered); an
+    invalid entry (unknown kind/option) raises :class:`ReportError` before anything is written.
+    """
+    out = Path(out_dir) if out_dir is not None else default_out_dir(suite)
+    entries = []
+    for i, raw in enumerate(suite.cfg.reports):
+        try:
+            entries.append(resolve_entry(raw))
+        except ValueError as e:
+            raise ReportError(f"{suite.path}: reports[{i}]: {e}") from None
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    setup_matplotlib()
+    data = load_suite_data(suite, tracking_uri)
+    out.mkdir(parents=True, exist_ok=True)
+    _clean(out)
+    sections: List[Section] = []
+    used = set()
+    for i, e in enumerate(entries):
+        stem = e.get("name") or f"{i + 1:02d}-{e['kind']}"
+        stem = re.sub(r"[^A-Za-z0-9_.\-]+", "_", stem)
+        while stem in used:
+            stem += "_"
+        used.add(stem)
+        title = e.get("title") or e["kind"].replace("_", " ") + (f" ({_where_text(e['where'])})" if e.get("where") else "")
+        sec = Section(title=title, stem=stem, kind=e["kind"])
+        runs = select(data, e.get("where"))
+        ctx = ReportContext(data, runs, out, sec)
+        if runs.empty:
+            ctx.note(f"No run of the suite matches where: {_where_text(e.get('where'))}.")
+        elif (runs["status"] == "finished").sum() == 0:
+            ctx.note("No finished run yet for this entry: nothing to show.")
+            _status_note(ctx, runs)
+        else:
+            try:
+                get_report(e["kind"]).render(ctx, e)
+            except Exception as ex:  # noqa: BLE001 - one broken entry must not stop the others
+                tb = traceback.format_exception_only(type(ex), ex)[-1].strip()
+                ctx.note(f"This entry could not be rendered: {tb}")
+                import matplotlib.pyplot as plt
+
+                plt.close("all")
+        sections.append(sec)
+    _write_index(out, suite, data, sections)
+    return out
+
+
+def _status_note(ctx, runs) -> None:
+    counts = runs["status"].value_counts().to_dict()
+    ctx.note("Runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ".")
+
+
+def _runs_table(data):
+    import pandas as pd
+
+    rows = []
+    for _, r in data.runs.iterrows():
+        st = r["status"] if r["status"] != "failed" else f"failed: {r['reason']}"
+        rows.append({"run": r["label"], "status": st, "spec hash": r["spec_hash"], "MLflow run": r["run_id"][:12] if isinstance(r["run_id"], str) else ""})
+    return pd.DataFrame(rows, columns=["run", "status", "spec hash", "MLflow run"])
+
+
+def _write_index(out: Path, suite, data, sections: List[Section]) -> None:
+    from .output import to_html, to_markdown
+
+    desc = suite.cfg.description
+    n = len(data.runs)
+    counts = data.runs["status"].value_counts().to_dict() if n else {}
+    summary = f"{n} run(s) in the suite: " + ", ".join(f"{counts[s]} {s}" for s in ("finished", "failed", "running", "missing")
+                                                        if counts.get(s))
+    regen = f"bench report {suite.path} --out {out.as_posix()}" if Path(suite.path).is_absolute() is False else \
+        f"bench report {suite.path}"
+    md = [GENERATED_MARK, "", f"# Report: {suite.name}", ""]
+    if desc:
+        md += [desc, ""]
+    md += [f"Runs read from the MLflow experiment `{suite.name}`. {summary}.", "",
+           f"Regenerate: `{regen}` (the store: `--tracking-uri`, `IRN_TRACKING_URI` or `IRN_RESULTS`).", ""]
+    if data.notes:
+        md += ["**Notes**", ""] + [f"- {t}" for t in data.notes] + [""]
+    md += ["## Contents", ""] + [f"{i + 1}. [{s.title}](#{_anchor(s)})" for i, s in enumerate(sections)] + [""]
+    hx = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>Report: {html.escape(suite.name)}</title>",
+          "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+          "table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:90%}th,td{padding:3px 8px;text-align:right}"
+          "th:first-child,td:first-child{text-align:left}thead th{border-bottom:1px solid #444}"
+          "tbody tr:nth-child(odd){background:#f6f6f6}td.missing{color:#b00}img{max-width:100%}"
+          ".note{background:#fff8e0;border-left:3px solid #e0b000;padding:.3em .8em;margin:.5em 0}"
+          "figcaption,.caption{color:#555;font-size:90%}</style></head><body>",
+          f"<h1>Report: {html.escape(suite.name)}</h1>"]
+    if desc:
+        hx.append(f"<p>{html.escape(desc)}</p>")
+    hx.append(f"<p>Runs read from the MLflow experiment <code>{html.escape(suite.name)}</code>. {html.escape(summary)}.</p>")
+    hx.append(f"<p>Regenerate: <code>{html.escape(regen)}</code></p>")
+    if data.notes:
+        hx.append("<div class=\"note\"><b>Notes</b><ul>" + "".join(f"<li>{html.escape(t)}</li>" for t in data.notes) + "</ul></div>")
+    hx.append("<h2>Contents</h2><ol>" + "".join(f'<li><a href="#{_anchor(s)}">{html.escape(s.title)}</a></li>' for s in sections) + "</ol>")
+    for s in sections:
+        md += [f"## {s.title}", ""]
+        hx.append(f'<h2 id="{_anchor(s)}">{html.escape(s.title)}</h2>')
+        for b in s.blocks:
+            if b[0] == "note":
+                md += [f"> {b[1]}", ""]
+                hx.append(f'<p class="note">{html.escape(b[1])}</p>')
+            elif b[0] == "table":
+                _, stem, cap, tmd, thtml = b
+                if cap:
+                    md += [f"*{cap}*", ""]
+                    hx.append(f'<p class="caption">{html.escape(cap)}</p>')
+                md += [tmd, f"([csv]({stem}.csv), [LaTeX]({stem}.tex))", ""]
+                hx.append(thtml + f'<p class="caption"><a href="{stem}.csv">csv</a> · <a href="{stem}.tex">LaTeX</a> · '
+                          f'<a href="{stem}.md">markdown</a></p>')
+            elif b[0] == "figure":
+                _, stem, cap = b
+                md += [f"![{cap or stem}]({stem}.png)", ""]
+                if cap:
+                    md += [f"*{cap}* ([svg]({stem}.svg))", ""]
+                hx.append(f'<figure><a href="{stem}.svg"><img src="{stem}.png" alt="{html.escape(cap or stem)}"></a>'
+                          f"<figcaption>{html.escape(cap)} (<a href=\"{stem}.svg\">svg</a>)</figcaption></figure>")
+    runs = _runs_table(data)
+    md += ["## Runs", "", to_markdown(runs)]
+    hx += ['<h2 id="runs">Runs</h2>', to_html(runs), "</body></html>"]
+    (out / "index.md").write_text("\n".join(md) + "\n")
+    (out / "index.html").write_text("\n".join(hx) + "\n")
+
+
+def _anchor(s: Section) -> str:
+    return "sec-" + s.stem

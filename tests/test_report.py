@@ -1,0 +1,318 @@
+"""bench report: tables equal the logged metrics, references equal the paper, figures are valid files with
+the expected labels, missing/failed cells are marked, rendering is deterministic.
+
+One small real suite is run once per module (ex1/ex2/ex3/digits × θ ∈ {0, 1} × 2 seeds, 1–3 epochs; a
+ResNet-D/-S depth suite) with ``bench run`` into a temporary SQLite store (about half a minute on a CPU).
+"""
+from __future__ import annotations
+
+import filecmp
+import math
+import os
+import re
+import shutil
+import statistics
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+typer_testing = pytest.importorskip("typer.testing")
+
+SUITE = """
+name: rtest
+description: "report test suite"
+cases:
+  ex1:
+    task: {name: ex1_sine, n_test: 20}
+    train: {epochs: 3}
+  ex2:
+    task: {name: ex2_stiff, n_train: 4, n_test: 3}
+    train: {epochs: 1}
+  ex3:
+    task: {name: ex3_lotka, n_orbits: 2, extrapolate: 20.0}
+    train: {epochs: 2}
+  digits:
+    task: {name: digits, arch: mnist_compact, subset: 64, size: 16}
+    model:
+      h: 0.5
+      layer:
+        solver: {name: anderson, tol: 1.0e-3, max_iter: 20}
+        backward: {name: gmres, tol: 1.0e-3, max_iter: 10}
+    train: {epochs: 1, batch_size: 32}
+    evaluate:
+      max_samples: 64
+      corruptions:
+        gaussian: {std: [0.0, 0.3]}
+seeds: [0, 1]
+matrix:
+  model.layer.theta: THETAS
+reports:
+  - {kind: training_curves}
+  - {kind: solver_cost}
+  - {kind: accuracy_vs_noise, reference: paper-table-3}
+  - {kind: vector_field, where: {case: [ex1, ex3]}}
+  - {kind: spectrum, where: {case: ex1}}
+  - {kind: trajectories, where: {case: [ex2, ex3]}}
+"""
+
+DEPTH = """
+name: rdepth
+task: {name: digits, subset: 32, size: 16}
+model: {name: resnet_ds, channels: 4, in_channels: 1, num_classes: 10}
+train: {epochs: 1, batch_size: 32}
+evaluate:
+  max_samples: 32
+  corruptions:
+    gaussian: {std: [0.0, 0.1]}
+seeds: [0]
+matrix:
+  model.variant: [D, S]
+  model.n: [1, 2]
+reports:
+  - {kind: depth_vs_accuracy, rows: model.n, cols: model.variant}
+"""
+
+
+def _cli(*args):
+    from bench.cli import app
+
+    res = typer_testing.CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+    return res
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    tmp = tmp_path_factory.mktemp("report")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    suite = tmp / "rtest.yaml"
+    suite.write_text(SUITE.replace("THETAS", "[0.0, 1.0]"))
+    depth = tmp / "rdepth.yaml"
+    depth.write_text(DEPTH)
+    old = os.environ.get("IRN_RESULTS")
+    os.environ["IRN_RESULTS"] = str(tmp)  # locks etc. stay in the temp dir
+    try:
+        for s in (suite, depth):
+            res = _cli("run", s, "--tracking-uri", uri, "--no-report")
+            assert res.exit_code == 0, res.output
+        out = tmp / "out"
+        res = _cli("report", suite, "--tracking-uri", uri, "--out", out)
+        assert res.exit_code == 0, res.output
+        res = _cli("report", depth, "--tracking-uri", uri, "--out", tmp / "out_depth")
+        assert res.exit_code == 0, res.output
+        yield {"tmp": tmp, "uri": uri, "suite": suite, "depth": depth, "out": out, "out_depth": tmp / "out_depth"}
+    finally:
+        if old is None:
+            os.environ.pop("IRN_RESULTS", None)
+        else:
+            os.environ["IRN_RESULTS"] = old
+
+
+def _runs(uri, name):
+    from mlflow import MlflowClient
+
+    c = MlflowClient(uri)
+    exp = c.get_experiment_by_name(name)
+    return [r for r in c.search_runs([exp.experiment_id]) if r.data.tags.get("irn.role") == "cell"], c
+
+
+def _theta(run):
+    return float(run.data.params["model.layer.theta"])
+
+
+def test_every_kind_rendered(store):
+    out = store["out"]
+    names = sorted(p.name for p in out.iterdir())
+    for stem in ("01-training_curves-ex1", "02-solver_cost-digits", "03-accuracy_vs_noise", "04-vector_field-ex1",
+                 "04-vector_field-ex3", "05-spectrum-regions", "05-spectrum-spectra", "06-trajectories-ex2",
+                 "06-trajectories-ex3"):
+        assert f"{stem}.png" in names and f"{stem}.svg" in names, (stem, names)
+    for stem in ("02-solver_cost-ex1", "03-accuracy_vs_noise", "06-trajectories-ex3"):
+        for ext in ("md", "tex", "csv"):
+            assert f"{stem}.{ext}" in names
+    assert (store["out_depth"] / "01-depth_vs_accuracy.md").exists()
+    idx = (out / "index.md").read_text()
+    assert "could not be rendered" not in idx
+    html = (out / "index.html").read_text()
+    for p in out.glob("*.png"):
+        assert f'src="{p.name}"' in html  # relative links: opens from disk
+    assert "\\toprule" in (out / "03-accuracy_vs_noise.tex").read_text()
+
+
+def test_accuracy_table_equals_logged_metrics_and_reference(store):
+    runs, _ = _runs(store["uri"], "rtest")
+    got = pd.read_csv(store["out"] / "03-accuracy_vs_noise.csv")
+    digits = [r for r in runs if r.data.tags.get("irn.case") == "digits"]
+    assert len(digits) == 4
+    for theta in (0.0, 1.0):
+        for sev in (0.0, 0.3):
+            for m in ("top1", "top2"):
+                vals = [100 * r.data.metrics[f"corruption/gaussian/{sev:g}/{m}"] for r in digits if _theta(r) == theta]
+                row = got[(got["model.layer.theta"] == theta) & (got["severity"] == sev) & (got["metric"] == m)]
+                assert len(row) == 1
+                assert row["mean"].iloc[0] == pytest.approx(statistics.mean(vals), abs=1e-9)
+                assert row["std"].iloc[0] == pytest.approx(statistics.stdev(vals), abs=1e-9)
+                assert row["n_seeds"].iloc[0] == 2
+    # the paper's Table 3 (SPEC §3), and the difference
+    ref = {(0.0, 0.0, "top1"): 100.0, (0.3, 0.0, "top1"): 74.7, (0.3, 1.0, "top1"): 93.6,
+           (0.3, 0.0, "top2"): 89.0, (0.3, 1.0, "top2"): 98.8}
+    for (sev, theta, m), v in ref.items():
+        row = got[(got["model.layer.theta"] == theta) & (got["severity"] == sev) & (got["metric"] == m)].iloc[0]
+        assert row["reference"] == v
+        assert row["diff"] == pytest.approx(row["mean"] - v)
+    md = (store["out"] / "03-accuracy_vs_noise.md").read_text()
+    assert "top1 θ=0 paper" in md and "74.7" in md and " ± " in md
+
+
+def test_bundled_reference_is_spec_table_3():
+    from bench.report.references import load_reference
+
+    spec = (Path(__file__).resolve().parents[1] / ".." / "shared" / "SPEC.md")
+    ref = load_reference("paper-table-3")
+    assert len(ref) == 60
+    if not spec.exists():
+        pytest.skip("SPEC.md not beside the repository")
+    rows = [l for l in spec.read_text().splitlines() if re.match(r"\| 0\.\d \|", l)]
+    assert len(rows) == 6
+    for line in rows:
+        c = [x.strip() for x in line.strip("|").split("|")]
+        sev = float(c[0])
+        for metric, vals in (("top1", c[1:6]), ("top2", c[7:12])):
+            for theta, v in zip((0.0, 0.25, 0.5, 0.75, 1.0), vals):
+                r = ref[(ref["severity"] == sev) & (ref["model.layer.theta"] == theta) & (ref["metric"] == metric)]
+                assert r["value"].iloc[0] == float(v)
+
+
+def test_solver_and_depth_tables_equal_logged_metrics(store):
+    runs, client = _runs(store["uri"], "rtest")
+    got = pd.read_csv(store["out"] / "02-solver_cost-ex1.csv")
+    ex1 = [r for r in runs if r.data.tags.get("irn.case") == "ex1" and _theta(r) == 1.0]
+    per_run = []
+    for r in ex1:
+        hist = client.get_metric_history(r.info.run_id, "solver/block/fwd_iters")
+        per_run.append(statistics.mean(m.value for m in hist))
+    row = got[got["theta"] == 1.0].iloc[0]
+    assert row["fwd_iters/block/mean"] == pytest.approx(statistics.mean(per_run))
+    assert row["fwd_iters/block/std"] == pytest.approx(statistics.stdev(per_run))
+    assert got[got["theta"] == 0.0].iloc[0]["fwd_iters/block/mean"] == 0.0  # explicit: no solve
+
+    druns, _ = _runs(store["uri"], "rdepth")
+    d = pd.read_csv(store["out_depth"] / "01-depth_vs_accuracy.csv")
+    for r in druns:
+        v, n = r.data.params["model.variant"], int(r.data.params["model.n"])
+        row = d[(d["model.variant"] == v) & (d["model.n"] == n) & (d["condition"] == "clean")].iloc[0]
+        assert row["mean"] == pytest.approx(100 * r.data.metrics["final/test/top1"])
+        assert row["depth"] == (6 * n if v == "D" else 3 * n + 2)
+        row = d[(d["model.variant"] == v) & (d["model.n"] == n) & (d["condition"] == "gaussian 0.1")].iloc[0]
+        assert row["mean"] == pytest.approx(100 * r.data.metrics["corruption/gaussian/0.1/top1"])
+
+
+def _svg_texts(path: Path) -> str:
+    text = path.read_text()
+    ET.fromstring(text.encode())  # well-formed XML
+    return " ".join(re.findall(r"<!-- (.*?) -->", text))  # matplotlib keeps each text as a comment
+
+
+@pytest.mark.parametrize("stem,expected", [
+    ("01-training_curves-ex1", ["epoch", "training loss", "θ=0", "θ=1"]),
+    ("02-solver_cost-ex1", ["implicit layer", "wall time per epoch [s]", "θ=1"]),
+    ("03-accuracy_vs_noise", ["top1 accuracy [%]", "gaussian noise severity (severity)", "paper", "θ=0"]),
+    ("04-vector_field-ex1", ["$y_1$", "$y_2$", "initial states", "θ=1 (seed 0)"]),
+    ("05-spectrum-regions", ["Re z", "Im z", "θ = 0", "θ = 1"]),
+    ("05-spectrum-spectra", ["Re z", "Im z", "train", "test"]),
+    ("06-trajectories-ex3", ["extrapolation", "network (discrete steps)", "learned field, continuous time"]),
+])
+def test_figures_valid_with_labels(store, stem, expected):
+    import matplotlib.image as mpimg
+
+    png = store["out"] / f"{stem}.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    img = mpimg.imread(png)
+    assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+    assert png.stat().st_size < 400_000
+    texts = _svg_texts(store["out"] / f"{stem}.svg")
+    for t in expected:
+        assert t in texts, (t, texts[:500])
+
+
+def test_rerender_is_byte_identical(store):
+    out2 = store["tmp"] / "out2"
+    res = _cli("report", store["suite"], "--tracking-uri", store["uri"], "--out", out2)
+    assert res.exit_code == 0, res.output
+    a = sorted(p.name for p in store["out"].iterdir())
+    assert a == sorted(p.name for p in out2.iterdir())
+    match, mismatch, errors = filecmp.cmpfiles(store["out"], out2, a, shallow=False)
+    assert not mismatch and not errors
+
+
+def test_missing_failed_and_old_schema_are_marked(store):
+    from bench.tracking import Tracker
+
+    tmp = store["tmp"]
+    db2 = tmp / "copy.db"
+    shutil.copy(tmp / "mlflow.db", db2)
+    uri2 = f"sqlite:///{db2}"
+    runs, client = _runs(uri2, "rtest")
+    victim = next(r for r in runs if r.data.tags.get("irn.case") == "digits" and _theta(r) == 1.0)
+    for r in runs:  # every seed of the digits θ=1 cell failed
+        if r.data.tags.get("irn.case") == "digits" and _theta(r) == 1.0:
+            client.set_tag(r.info.run_id, "irn.failure_reason", "DivergenceError: loss is nan at epoch 1")
+            client.set_terminated(r.info.run_id, "FAILED")
+    t = Tracker(uri2)
+    old = t.start_run(victim.info.experiment_id, "old run", {"irn.role": "cell", "irn.schema_version": "0",
+                                                              "irn.spec_hash": "0" * 16, "irn.label": "old run"})
+    t.finish(old)
+    wider = tmp / "rtest_wider.yaml"  # θ = 0.5 has never run: missing cells
+    wider.write_text(SUITE.replace("THETAS", "[0.0, 0.5, 1.0]"))
+    out = tmp / "out_partial"
+    res = _cli("report", wider, "--tracking-uri", uri2, "--out", out)
+    assert res.exit_code == 0, res.output
+    md = (out / "03-accuracy_vs_noise.md").read_text()
+    assert "missing" in md and "failed: DivergenceError: loss is nan" in md
+    num = pd.read_csv(out / "03-accuracy_vs_noise.csv")
+    assert set(num[num["model.layer.theta"] == 0.5]["status"]) == {"missing"}
+    idx = (out / "index.md").read_text()
+    assert "schema version 0" in idx and "reads schema version 1" in idx
+    assert "missing from the store" in idx and "failed: DivergenceError" in idx
+    assert "missing" in (out / "02-solver_cost-ex1.md").read_text()
+    assert "could not be rendered" not in idx
+
+
+def test_invalid_entries_are_errors(tmp_path):
+    from bench.report import check_reports
+
+    errs = check_reports([{"kind": "nope"}, {"kind": "training_curves", "colour": 1}, {"kind": "training_curves"},
+                          {"kind": "accuracy_vs_noise", "reference": "no-such-table"}])
+    assert len(errs) == 3
+    assert errs[0].startswith("reports[0].kind: unknown report kind 'nope'; valid: accuracy_vs_noise")
+    assert "reports[1]: unknown option(s) 'colour'" in errs[1] and "valid:" in errs[1] and "metrics" in errs[1]
+    assert "reports[3]: reference: unknown reference 'no-such-table'" in errs[2]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\ntask: {name: ex1_sine}\nreports:\n  - {kind: training_curve}\n")
+    res = _cli("report", bad, "--tracking-uri", f"sqlite:///{tmp_path / 'x.db'}")
+    assert res.exit_code == 2
+    assert "reports[0].kind" in res.output and str(bad) in res.output
+
+
+def test_defaults_alone_work_and_empty_store_is_noted(tmp_path, monkeypatch):
+    monkeypatch.setenv("IRN_RESULTS", str(tmp_path))
+    s = tmp_path / "s.yaml"
+    s.write_text("name: tiny\ntask: {name: ex1_sine, n_train: 4}\ntrain: {epochs: 2}\nseeds: [0]\n"
+                 "matrix: {model.layer.theta: [0.0, 0.5]}\nreports:\n  - {kind: training_curves}\n")
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    res = _cli("report", s, "--tracking-uri", uri, "--out", tmp_path / "empty")
+    assert res.exit_code == 0, res.output
+    assert "no experiment 'tiny'" in (tmp_path / "empty" / "index.md").read_text()
+    res = _cli("run", s, "--tracking-uri", uri, "--no-report")
+    assert res.exit_code == 0, res.output
+    from bench.report import render_suite
+    from bench.suite import load_suite
+
+    monkeypatch.chdir(tmp_path)
+    out = render_suite(load_suite(s), tracking_uri=uri)
+    assert out == Path("reports") / "tiny"
+    assert (tmp_path / "reports" / "tiny" / "01-training_curves.png").exists()
