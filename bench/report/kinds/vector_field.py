@@ -81,9 +81,7 @@ def _figure(ctx, panels, e, hue, title_part, suffix):
         U, V = F[:, 0].reshape(X.shape), F[:, 1].reshape(X.shape)
         speed = np.hypot(U, V)
         sp = ax.streamplot(X, Y, U, V, color=speed, cmap="Greys", density=0.9, linewidth=0.7, arrowsize=0.8)
-        sp.lines.set_rasterized(True)
-        for patch in ax.patches:  # streamplot's arrows
-            patch.set_rasterized(True)
+        sp.lines.set_rasterized(True)  # (its arrow patches stay vector: matplotlib cannot rasterise them)
         for b in range(states.shape[0]):
             ax.plot(states[b, :, 0], states[b, :, 1], color="black", lw=0.8, alpha=0.8)
         if te is not None:
