@@ -499,6 +499,7 @@ def resolve_cell(cell_cfg: Dict[str, Any], validate_registries: bool = True) -> 
         "train": train_cfg,
         "evaluate": copy.deepcopy(cell_cfg.get("evaluate") or {}),
     }
+    _canonical_layer(resolved["model"])
     # strict sections
     for key, model in (("model", ModelCfg), ("train", TrainCfg), ("evaluate", EvaluateCfg)):
         try:
@@ -514,3 +515,30 @@ def resolve_cell(cell_cfg: Dict[str, Any], validate_registries: bool = True) -> 
     errors.extend(registries.check_regularizers(resolved["regularizers"]))
     errors.extend(registries.check_corruptions(resolved["evaluate"].get("corruptions", {})))
     return resolved, errors or None
+
+
+def _canonical_layer(model: Dict[str, Any]) -> None:
+    """Record the implicit layers' effective settings in the run config (and so in its identity): θ, Φ and
+    the forward/backward solvers with every option's default filled in — a library default that changes
+    later cannot make a cached run look like the new one. NEMON is not a θ-method: only its solvers'
+    names given in the suite are completed."""
+    from irn_core.layers import DEFAULT_BACKWARD, DEFAULT_SOLVER
+    from irn_core.solvers import LINEAR_SOLVERS, NONLINEAR_SOLVERS
+
+    if not isinstance(model, dict) or not model.get("name"):
+        return
+    layer = model.get("layer")
+    layer = dict(layer) if isinstance(layer, dict) else {}
+    theta_method = model["name"] != "nemon"
+    if theta_method:
+        layer.setdefault("theta", 0.0)  # the model builders' default: explicit unless told
+        layer.setdefault("phi", "one_leg")
+    for key, reg, default in (("solver", NONLINEAR_SOLVERS, DEFAULT_SOLVER), ("backward", LINEAR_SOLVERS, DEFAULT_BACKWARD)):
+        spec = layer.get(key, default if theta_method else None)
+        if spec is None:
+            continue
+        try:
+            layer[key] = reg.resolve(spec).full()
+        except (ValueError, TypeError):
+            return  # reported by the registry check
+    model["layer"] = layer

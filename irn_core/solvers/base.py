@@ -170,6 +170,13 @@ class SolverSpec:
     def to_dict(self) -> Dict:
         return {"name": self.name, **self.opts}
 
+    def full(self) -> Dict:
+        """Name and every option, defaults filled in from the solver's signature (a canonical record)."""
+        sig = inspect.signature(self.registry.get(self.name))
+        defaults = {p.name: p.default for p in sig.parameters.values()
+                    if p.kind == p.KEYWORD_ONLY and p.default is not p.empty}
+        return {"name": self.name, **defaults, **self.opts}
+
 
 class Timer:
     def __enter__(self):
