@@ -86,6 +86,8 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file."),
         jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Parallel workers (process/dask executors)."),
         executor: str = typer.Option("local", help="local | process | dask"),
         scheduler: Optional[str] = typer.Option(None, help="dask scheduler address (default: a LocalCluster)."),
+        threads: int = typer.Option(0, min=0, help="torch threads per run (0: all cores / jobs). CPU results are "
+                                    "bit-identical only for the same thread count."),
         tracking_uri: Optional[str] = UriOpt,
         force: bool = typer.Option(False, "--force", help="Rerun cells that already finished."),
         dry_run: bool = typer.Option(False, "--dry-run", help="Show what would run; run nothing."),
@@ -120,7 +122,8 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file."),
                                {TAG_ROLE: "parent", TAG_SUITE: s.name, "irn.command": shlex.join(sys.argv),
                                 "irn.suite_file": str(Path(suite).resolve())})
     lock_dir = str(results_dir() / "locks")
-    show_bars = err.is_terminal and executor == "local"
+    show_bars = err.is_terminal  # quiet (one line per run) when not a TTY
+    epoch_bars = show_bars and executor == "local"  # per-run epoch bar: only for cells run in this process
     progress = None
     if show_bars:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -131,7 +134,7 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file."),
     for sp in todo:
         jobs_list.append((sp.config, CellContext(suite=s.name, label=sp.label, spec_hash=sp.hash, tracking_uri=tracker.uri,
                                                  experiment_id=exp_id, parent_run_id=parent, lock_dir=lock_dir, device=dev,
-                                                 force=force, overrides=sp.overrides)))
+                                                 force=force, overrides=sp.overrides, threads=threads or None)))
     counts = {"finished": 0, "failed": 0, "cached": cached, "busy": 0}
     results = []
     t0 = time.perf_counter()
@@ -144,13 +147,13 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file."),
         epoch_task = progress.add_task("run", total=1, visible=False)
 
     def on_start(ctx):
-        if progress:
+        if epoch_bars:
             progress.update(epoch_task, description=f"  {ctx.label}", completed=0, total=1, visible=True)
 
     def on_epoch(epoch, epochs):
         progress.update(epoch_task, completed=epoch, total=epochs)
 
-    if progress:
+    if epoch_bars:
         jobs_list = [(c, dataclasses.replace(ctx, progress=on_epoch)) for c, ctx in jobs_list]
 
     def on_result(res):
@@ -196,13 +199,14 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file."),
         for r in failed:
             err.print(f"  - {r.label}: {r.reason}", markup=False)
     if report and s.cfg.reports:
-        try:
-            from .report import render_suite
+        from .report import render_suite
 
-            path = render_suite(s, tracking_uri=tracker.uri)
-            out.print(f"report: {path}")
-        except ImportError:
-            pass
+        try:
+            path = Path(render_suite(s, tracking_uri=tracker.uri))
+            out.print(f"report: {path / 'index.html' if path.is_dir() else path}")
+        except Exception as e:  # noqa: BLE001 - the runs are tracked; the report can be rebuilt
+            err.print(f"report failed ({type(e).__name__}: {e}); the runs are kept — retry with: bench report {suite}",
+                      markup=False)
     out.print(f"MLflow UI: bench ui{' --tracking-uri ' + shlex.quote(tracking_uri) if tracking_uri else ''}  "
               f"(store {tracker.uri})")
     raise typer.Exit(1 if failed else 0)

@@ -85,7 +85,7 @@ def execute(jobs_list: Sequence[Job], executor: str = "local", jobs: int = 1, sc
         threads = threads_per_worker(n) if device == "cpu" else 1
         with ProcessPoolExecutor(max_workers=n, mp_context=spawn, initializer=_init_worker,
                                  initargs=(queue, threads)) as pool:
-            futs = [pool.submit(_run_in_worker, config, ctx.with_threads(threads)) for config, ctx in jobs_list]
+            futs = [pool.submit(_run_in_worker, config, ctx.with_threads(ctx.threads or threads)) for config, ctx in jobs_list]
             for f in as_completed(futs):
                 done(f.result())
         return results
@@ -104,7 +104,8 @@ def execute(jobs_list: Sequence[Job], executor: str = "local", jobs: int = 1, sc
                                silence_logs=40)
         client = Client(cluster)
     try:
-        futs = [client.submit(run_cell, config, ctx.with_threads(threads), pure=False) for config, ctx in jobs_list]
+        futs = [client.submit(run_cell, config, ctx.with_threads(ctx.threads or threads), pure=False)
+                for config, ctx in jobs_list]
         for f in dask_completed(futs):
             done(f.result())
     finally:

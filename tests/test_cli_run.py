@@ -239,13 +239,37 @@ def _final_metrics(uri, suite):
     return {c.data.tags["irn.label"]: c.data.metrics["final/test/mse"] for c in runs(uri, suite)}
 
 
+CONV = """
+name: conv
+task: {name: digits, arch: mnist_compact, subset: 96, test_fraction: 0.1}
+model: {h: 0.5, channels: [4, 4, 4], layer: {solver: {name: anderson, tol: 1.0e-4, max_iter: 30}}}
+train: {epochs: 1, batch_size: 32}
+evaluate: {corruptions: {gaussian: {std: [0.0, 0.3]}}}
+seeds: [0]
+matrix: {model.layer.theta: [0.0, 1.0]}
+"""
+
+
+def _all_metrics(uri, suite):
+    return {c.data.tags["irn.label"]: {k: v for k, v in c.data.metrics.items()
+                                       if not (k.startswith("time/") or k.endswith("/time"))}
+            for c in runs(uri, suite)}
+
+
 @pytest.mark.parametrize("executor", ["process", "dask"])
 def test_parallel_executors_match_in_process(env, executor):
+    """Same seeds, same numbers, whichever executor ran the cells (MLP and conv tasks). A run's torch
+    thread count is pinned (--threads): CPU kernels reduce in a thread-dependent order."""
     s = fast_suite(env, epochs=3, thetas="[0.0, 0.5]", seeds="[0, 1]")
+    conv = _write(env, "conv.yaml", CONV)
     local_uri = f"sqlite:///{env / 'local.db'}"
     par_uri = f"sqlite:///{env / f'{executor}.db'}"
-    assert cli("run", s, "--no-report", "--tracking-uri", local_uri).exit_code == 0
-    r = cli("run", s, "--no-report", "--tracking-uri", par_uri, "--executor", executor, "--jobs", "2")
-    assert r.exit_code == 0, r.output
+    for suite in (s, conv):
+        assert cli("run", suite, "--no-report", "--tracking-uri", local_uri, "--threads", "1").exit_code == 0
+        r = cli("run", suite, "--no-report", "--tracking-uri", par_uri, "--executor", executor, "--jobs", "2")
+        assert r.exit_code == 0, r.output
     a, b = _final_metrics(local_uri, "fast"), _final_metrics(par_uri, "fast")
     assert len(a) == 4 and a == b
+    ca, cb = _all_metrics(local_uri, "conv"), _all_metrics(par_uri, "conv")
+    assert len(ca) == 2 and "corruption/gaussian/0.3/top1" in ca["theta=1.0 seed=0"]
+    assert ca == cb
