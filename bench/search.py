@@ -1282,13 +1282,10 @@ def render_search_report(study_or_storage: Any, out_dir: Path, study_name: Optio
     importances and parallel coordinates per objective. Figures that need more trials are skipped.
     """
     import optuna
-    import optuna.visualization.matplotlib as ovm
 
     _quiet_optuna()
     _ensure_backend()
     import matplotlib.pyplot as plt
-    import numpy as np
-    from optuna.trial import TrialState
 
     if isinstance(study_or_storage, optuna.Study):
         studies = [study_or_storage]
@@ -1314,54 +1311,79 @@ def render_search_report(study_or_storage: Any, out_dir: Path, study_name: Optio
 
     for study in studies:
         stem = _safe_case(study.study_name)
-        names = study.metric_names or [f"objective {i}" for i in range(len(study.directions))]
-        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if not complete:
-            continue
+        for kind, fig in search_figures(study):
+            fig.suptitle(study.study_name, fontsize=9)
+            fig.tight_layout()
+            for fmt in formats:
+                p = out_dir / f"{stem}-{kind}.{fmt}"
+                fig.savefig(p, dpi=120)
+                paths.append(p)
+            plt.close(fig)
+    return paths
+
+
+def search_figures(study: Any):
+    """Yield ``(kind, matplotlib Figure)`` of Optuna's own plots of one study (see render_search_report)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import optuna.visualization.matplotlib as ovm
+    from optuna.trial import TrialState
+
+    _quiet_optuna()
+    _ensure_backend()
+    names = study.metric_names or [f"objective {i}" for i in range(len(study.directions))]
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return
+    jobs: List[Tuple[str, Callable]] = []
+    if len(names) == 1:
+        jobs += [("history", lambda: ovm.plot_optimization_history(study, target_name=names[0])),
+                 ("importances", lambda: ovm.plot_param_importances(study, target_name=names[0])),
+                 ("parallel", lambda: ovm.plot_parallel_coordinate(study, target_name=names[0]))]
+        if any(t.intermediate_values for t in study.get_trials(deepcopy=False)):
+            jobs.append(("intermediate", lambda: ovm.plot_intermediate_values(study)))
+    else:
+        if len(names) in (2, 3):
+            jobs.append(("pareto", lambda: ovm.plot_pareto_front(study, target_names=names)))
+        for i, n in enumerate(names):
+            tgt = (lambda i: (lambda t: t.values[i]))(i)
+            key = _safe_case(n)
+            jobs += [(f"history-{key}", (lambda tgt, n: lambda: ovm.plot_optimization_history(
+                        study, target=tgt, target_name=n))(tgt, n)),
+                     (f"importances-{key}", (lambda tgt, n: lambda: ovm.plot_param_importances(
+                         study, target=tgt, target_name=n))(tgt, n)),
+                     (f"parallel-{key}", (lambda tgt, n: lambda: ovm.plot_parallel_coordinate(
+                         study, target=tgt, target_name=n))(tgt, n))]
+    for kind, make in jobs:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            jobs: List[Tuple[str, Callable]] = []
-            if len(names) == 1:
-                jobs += [("history", lambda: ovm.plot_optimization_history(study, target_name=names[0])),
-                         ("importances", lambda: ovm.plot_param_importances(study, target_name=names[0])),
-                         ("parallel", lambda: ovm.plot_parallel_coordinate(study, target_name=names[0]))]
-                if any(t.intermediate_values for t in study.get_trials(deepcopy=False)):
-                    jobs.append(("intermediate", lambda: ovm.plot_intermediate_values(study)))
-            else:
-                if len(names) in (2, 3):
-                    jobs.append(("pareto", lambda: ovm.plot_pareto_front(study, target_names=names)))
-                for i, n in enumerate(names):
-                    tgt = (lambda i: (lambda t: t.values[i]))(i)
-                    key = _safe_case(n)
-                    jobs += [(f"history-{key}", (lambda tgt, n: lambda: ovm.plot_optimization_history(
-                                study, target=tgt, target_name=n))(tgt, n)),
-                             (f"importances-{key}", (lambda tgt, n: lambda: ovm.plot_param_importances(
-                                 study, target=tgt, target_name=n))(tgt, n)),
-                             (f"parallel-{key}", (lambda tgt, n: lambda: ovm.plot_parallel_coordinate(
-                                 study, target=tgt, target_name=n))(tgt, n))]
-            for kind, make in jobs:
-                try:
-                    ax = make()
-                except Exception:  # noqa: BLE001 - e.g. importances need 2+ trials with varying params
-                    plt.close("all")
-                    continue
-                save(ax, f"{stem}-{kind}", study.study_name)
-    return paths
+            try:
+                ax = make()
+            except Exception:  # noqa: BLE001 - e.g. importances need 2+ trials with varying params
+                plt.close("all")
+                continue
+        yield kind, np.atleast_1d(ax).flat[0].figure
+
+
+def suite_studies(suite: Suite, storage: Optional[str] = None, study_prefix: Optional[str] = None) -> List[Any]:
+    """The existing Optuna studies of a suite's search, one per matrix cell, in suite order."""
+    import optuna
+
+    st = open_storage(storage or default_storage())
+    existing = set(optuna.get_all_study_names(st))
+    out = []
+    for cell in suite_cells(suite):
+        name = (study_prefix or suite.name) + (f"[{cell.label}]" if cell.label else "")
+        if name in existing:
+            out.append(optuna.load_study(study_name=name, storage=st))
+    return out
 
 
 def render_suite_search_report(suite: Suite, out_dir: Path, storage: Optional[str] = None,
                                study_prefix: Optional[str] = None, formats: Sequence[str] = ("png", "svg")) -> List[Path]:
-    """The figures of every study of a suite's search (one per matrix cell), for the ``search`` report kind."""
-    import optuna
-
-    url = storage or default_storage()
-    st = open_storage(url)
-    existing = set(optuna.get_all_study_names(st))
+    """The figures of every study of a suite's search (one per matrix cell), saved under ``out_dir``."""
     paths: List[Path] = []
-    for cell in suite_cells(suite):
-        name = (study_prefix or suite.name) + (f"[{cell.label}]" if cell.label else "")
-        if name in existing:
-            paths += render_search_report(st, out_dir, study_name=name, formats=formats)
+    for study in suite_studies(suite, storage, study_prefix):
+        paths += render_search_report(study, out_dir, formats=formats)
     return paths
 
 

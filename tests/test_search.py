@@ -307,3 +307,14 @@ def test_malformed_search_block_exits_2_before_any_trial(tmp_path, env, changes,
     assert not Path(env["storage"]).exists()  # no study, no trial
     code, out = _bench("validate", suite)
     assert code == 2 and message in " ".join(out.split()), out
+
+
+def test_search_report_kind_renders_optuna_figures(env, tmp_path):
+    path = _suite(tmp_path, search__n_trials=3, reports=[{"kind": "search"}])
+    code, out = _bench("search", path)
+    assert code == 0, out
+    code, out = _bench("report", path, "--out", tmp_path / "rep")
+    assert code == 0, out
+    files = sorted(p.name for p in (tmp_path / "rep").iterdir())
+    assert any(f.endswith("-history.png") for f in files) and any(f.endswith("-parallel.svg") for f in files), files
+    assert "tsearch: history" in (tmp_path / "rep" / "index.md").read_text()

@@ -26,18 +26,20 @@ class ReportKind:
     options: Dict[str, Any] = field(default_factory=dict)  # option -> default
     doc: str = ""
     check: Optional[Callable[[Dict[str, Any]], List[str]]] = None  # extra validation of option values
+    needs_runs: bool = True  # False: the kind reads something else than the suite's tracked runs (search)
 
 
 REPORTS: Dict[str, ReportKind] = {}
 
 
-def register_report(name: str, options: Mapping[str, Any], doc: str = "", check=None):
+def register_report(name: str, options: Mapping[str, Any], doc: str = "", check=None, needs_runs: bool = True):
     """Decorator: ``@register_report("training_curves", {"metrics": None, ...})``."""
 
     def deco(fn):
         if name in REPORTS:
             raise ValueError(f"report kind {name!r} is already registered")
-        REPORTS[name] = ReportKind(name, fn, dict(options), doc or (fn.__doc__ or "").strip().splitlines()[0], check)
+        REPORTS[name] = ReportKind(name, fn, dict(options), doc or (fn.__doc__ or "").strip().splitlines()[0], check,
+                                   needs_runs)
         return fn
 
     return deco

@@ -72,14 +72,15 @@ def render_suite(suite, tracking_uri: Optional[str] = None, out_dir: Optional[Pa
         sec = Section(title=title, stem=stem, kind=e["kind"])
         runs = select(data, e.get("where"))
         ctx = ReportContext(data, runs, out, sec)
-        if runs.empty:
+        kind = get_report(e["kind"])
+        if kind.needs_runs and runs.empty:
             ctx.note(f"No run of the suite matches where: {_where_text(e.get('where'))}.")
-        elif (runs["status"] == "finished").sum() == 0:
+        elif kind.needs_runs and (runs["status"] == "finished").sum() == 0:
             ctx.note("No finished run yet for this entry: nothing to show.")
             _status_note(ctx, runs)
         else:
             try:
-                get_report(e["kind"]).render(ctx, e)
+                kind.render(ctx, e)
             except Exception as ex:  # noqa: BLE001 - one broken entry must not stop the others
                 tb = traceback.format_exception_only(type(ex), ex)[-1].strip()
                 ctx.note(f"This entry could not be rendered: {tb}")
