@@ -166,6 +166,17 @@ def _figure(ctx, panels, e, title_part, suffix):
                 x0k = r["x0"][k] if k < len(r["x0"]) else 0.0
                 ax.plot(t, states[:, k], color=c.color, lw=1.4, ls=styles[k % 3],
                         marker="." if key == "disc" and len(t) <= 60 else None, ms=3)
+            # the y-range of the data (with a margin), not of a rollout that blows up (which would flatten
+            # every panel of the row): a model leaving the frame is marked instead
+            ref = r["exact"] if r["exact"] is not None else r["data"]
+            lo, hi = float(np.nanmin(ref)), float(np.nanmax(ref))
+            pad = 0.6 * max(hi - lo, 1e-6)
+            ax.set_ylim(lo - pad, hi + pad)
+            finite = states[np.isfinite(states)]
+            if finite.size < states.size or (finite.size and (finite.min() < lo - pad or finite.max() > hi + pad)):
+                peak = float(np.nanmax(np.abs(finite))) if finite.size else float("inf")
+                ax.text(0.98, 0.04, f"leaves the frame (|z| up to {peak:.2g})", transform=ax.transAxes, fontsize=7,
+                        ha="right", va="bottom", color=c.color if c.color is not None else "black")
             if r["horizon"] > r["t_train"] + 1e-9:
                 ax.axvline(r["t_train"], color="0.3", ls=":", lw=1.0)
                 ax.text(r["t_train"], ax.get_ylim()[1], " extrapolation →", fontsize=7, va="top", ha="left", color="0.3")
