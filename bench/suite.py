@@ -525,11 +525,16 @@ def _canonical_layer(model: Dict[str, Any]) -> None:
     from irn_core.layers import DEFAULT_BACKWARD, DEFAULT_SOLVER
     from irn_core.solvers import LINEAR_SOLVERS, NONLINEAR_SOLVERS
 
+    from irn_core.models import layer_kind
+
     if not isinstance(model, dict) or not model.get("name"):
+        return
+    kind = layer_kind(model)
+    if kind == "none":
         return
     layer = model.get("layer")
     layer = dict(layer) if isinstance(layer, dict) else {}
-    theta_method = model["name"] != "nemon"
+    theta_method = kind == "theta"
     if theta_method:
         layer.setdefault("theta", 0.0)  # the model builders' default: explicit unless told
         layer.setdefault("phi", "one_leg")

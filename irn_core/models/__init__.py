@@ -22,7 +22,7 @@ from .common import check_kwargs
 from .conv import mnist_compact, resnet18_preact
 from .mlp_ode import MLPODE, mlp_ode
 
-__all__ = ["MODELS", "register_model", "get_model", "build_model", "model_names", "MLPODE"]
+__all__ = ["MODELS", "register_model", "get_model", "build_model", "model_names", "layer_kind", "MLPODE"]
 
 MODELS: Dict[str, Callable[..., nn.Module]] = {}
 
@@ -44,6 +44,18 @@ def get_model(name: str) -> Callable[..., nn.Module]:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid: {', '.join(model_names())}")
     return MODELS[name]
+
+
+def layer_kind(config: Dict[str, Any]) -> str:
+    """What the ``layer`` dict of a model config drives: ``"theta"`` (θ-method layers: theta, phi, solver,
+    backward), ``"equilibrium"`` (NEMON: solver and backward only) or ``"none"`` (explicit-only networks,
+    e.g. ResNet-D/-S in the paper's post-activation form)."""
+    name = config.get("name")
+    if name == "nemon":
+        return "equilibrium"
+    if name == "resnet_ds" and config.get("form", "post_activation") != "theta":
+        return "none"
+    return "theta"
 
 
 def build_model(config: Dict[str, Any]) -> nn.Module:
