@@ -69,3 +69,31 @@ def block_trajectory(model, x: torch.Tensor) -> List[torch.Tensor]:
     with torch.no_grad():
         _, traj = model.block(model.lift(x.float()), return_trajectory=True)
     return [t.detach() for t in traj]
+
+
+def state_model_groups(ctx, e, what: str):
+    """For model-based kinds: yield ``(suffix, title_part, hue, [(cell, run row, model, task, config)])`` per
+    split group, one entry per cell whose chosen run (``seed:`` or the first finished) has a loadable
+    state-space model; cells without one get a note naming ``what`` is missing."""
+    from ..output import default_hue, split_groups
+    from ._common import make_cells, split_by_default
+
+    split_by = split_by_default(ctx, e["split_by"])
+    hue = default_hue(ctx.data, ctx.runs, e["hue"])
+    for suffix, title_part, runs in split_groups(ctx.runs, split_by):
+        items = []
+        for c in make_cells(ctx, runs, hue, exclude=(split_by,) if split_by else ()):
+            row = pick_run(c, e["seed"])
+            if row is None:
+                ctx.note(f"{c.label}: {c.status_text} — no {what}.")
+                continue
+            try:
+                model, task, cfg = load_model(ctx, row)
+            except ModelUnavailable as ex:
+                ctx.note(str(ex))
+                continue
+            if not is_state_model(model):
+                ctx.note(f"{c.label}: {what} needs a state-space model (mlp_ode), got {cfg['model']['name']!r}.")
+                continue
+            items.append((c, row, model, task, cfg))
+        yield suffix, title_part, hue, items

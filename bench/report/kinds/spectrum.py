@@ -7,10 +7,9 @@ import math
 
 import numpy as np
 
-from ..output import default_hue, key_label, split_groups, theta_color
+from ..output import theta_color
 from ..registry import register_report
-from ._common import make_cells, split_by_default
-from ._model import ModelUnavailable, block_trajectory, inputs, is_state_model, load_model, pick_run
+from ._model import block_trajectory, inputs, state_model_groups
 
 LEVELS = [0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0]
 
@@ -50,24 +49,9 @@ def render(ctx, e):
     thetas = sorted({float(t) for t in ctx.runs["theta"].dropna()})
     if e["regions"] and thetas:
         _regions_figure(ctx, thetas, e)
-    split_by = split_by_default(ctx, e["split_by"])
-    hue = default_hue(ctx.data, ctx.runs, e["hue"])
-    for suffix, title_part, runs in split_groups(ctx.runs, split_by):
-        cells = make_cells(ctx, runs, hue, exclude=(split_by,) if split_by else ())
+    for suffix, title_part, hue, items in state_model_groups(ctx, e, "spectrum"):
         panels = []
-        for c in cells:
-            row = pick_run(c, e["seed"])
-            if row is None:
-                ctx.note(f"{c.label}: {c.status_text} — no spectrum.")
-                continue
-            try:
-                model, task, cfg = load_model(ctx, row)
-            except ModelUnavailable as ex:
-                ctx.note(str(ex))
-                continue
-            if not is_state_model(model):
-                ctx.note(f"{c.label}: spectrum needs a state-space model (mlp_ode), got {cfg['model']['name']!r}.")
-                continue
+        for c, row, model, task, cfg in items:
             from irn_core.analysis import trajectory_spectra
 
             train, _, test = task.data(int(row["seed"]))

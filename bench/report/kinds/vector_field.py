@@ -8,34 +8,17 @@ import math
 import numpy as np
 import torch
 
-from ..output import default_hue, key_label, split_groups
 from ..registry import register_report
-from ._common import make_cells, split_by_default
-from ._model import ModelUnavailable, block_trajectory, inputs, is_state_model, load_model, pick_run
+from ._model import block_trajectory, inputs, state_model_groups
 
 
 @register_report("vector_field", {"hue": None, "split_by": None, "seed": None, "test": True, "grid": 21, "step": "last"},
                  doc="learned 2-D vector field with train (black) / test (grey) trajectories, initial (blue) and final "
                      "(red) states; one panel per cell (first finished seed, or seed:)")
 def render(ctx, e):
-    split_by = split_by_default(ctx, e["split_by"])
-    hue = default_hue(ctx.data, ctx.runs, e["hue"])
-    for suffix, title_part, runs in split_groups(ctx.runs, split_by):
-        cells = make_cells(ctx, runs, hue, exclude=(split_by,) if split_by else ())
+    for suffix, title_part, hue, items in state_model_groups(ctx, e, "vector_field"):
         panels = []
-        for c in cells:
-            row = pick_run(c, e["seed"])
-            if row is None:
-                ctx.note(f"{c.label}: {c.status_text} — no panel.")
-                continue
-            try:
-                model, task, cfg = load_model(ctx, row)
-            except ModelUnavailable as ex:
-                ctx.note(str(ex))
-                continue
-            if not is_state_model(model):
-                ctx.note(f"{c.label}: vector_field needs a state-space model (mlp_ode), got {cfg['model']['name']!r}.")
-                continue
+        for c, row, model, task, cfg in items:
             train, _, test = task.data(int(row["seed"]))
             xtr, ytr = inputs(train)
             tr = block_trajectory(model, xtr)
