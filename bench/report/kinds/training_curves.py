@@ -76,14 +76,16 @@ def render(ctx, e):
                     continue
                 g = rows.groupby("epoch")[m]
                 mean = g.mean()
-                ax.plot(mean.index, mean.values, color=c.color, ls=c.linestyle, lw=1.4, label=c.label)
+                (ln,) = ax.plot(mean.index, mean.values, color=c.color, ls=c.linestyle, lw=1.4, label=c.label)
+                ln.set_rasterized(len(mean) > 300)  # long histories: keep the SVG small (axes stay vector)
                 if e["band"] != "none" and rows["spec_hash"].nunique() > 1:
                     if e["band"] == "std":
                         sd = g.std().fillna(0.0)
                         lo, hi = mean - sd, mean + sd
                     else:
                         lo, hi = g.min(), g.max()
-                    ax.fill_between(mean.index, lo.values, hi.values, color=c.color, alpha=0.2, lw=0)
+                    ax.fill_between(mean.index, lo.values, hi.values, color=c.color, alpha=0.2, lw=0,
+                                    rasterized=len(mean) > 300)
             logy = e["logy"]
             if logy is None:
                 vals = sub[m].dropna()
