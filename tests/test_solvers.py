@@ -162,6 +162,25 @@ def test_gmres_nonsymmetric_without_contraction_and_zero_rhs():
     _, st_n = get_linear("neumann")(A, b, tol=1e-10, max_iter=30)
     assert not bool(st_n.converged[0])
 
+@pytest.mark.parametrize("mode", ["rel", "abs"])
+def test_gmres_is_scale_invariant_for_tiny_right_hand_sides(mode):
+    """Gradients of 1e-30 reach the backward solve in training (ex2, batch 1): GMRES must solve them
+    as it solves b of norm 1 — in float32, below sqrt(finfo.tiny) ~ 1e-19 it used to stall at
+    relative residual ~1 for every iteration."""
+    n = 6
+    g = torch.Generator().manual_seed(5)
+    Amat = (torch.eye(n) + 0.3 * torch.randn(n, n, generator=g)).expand(4, n, n)
+    A = lambda v: torch.einsum("bij,bj->bi", Amat, v)  # noqa: E731
+    b1 = torch.randn(1, n, generator=g)
+    b = torch.cat([b1, b1 * 1e-20, b1 * 1e-30, b1 * 1e-37])
+    v, st = get_linear("gmres")(A, b, tol=1e-5, max_iter=3 * n, restart=n, mode=mode)
+    exact = torch.linalg.solve(Amat.double(), b.double()[..., None])[..., 0]
+    assert st.all_converged and st.iterations <= n + 1
+    if mode == "abs":  # an absolute tolerance is met by v = 0 for the tiny rows: only row 0 is checked
+        exact, v = exact[:1], v[:1]
+    scale = b.double()[: len(v)].norm(dim=1, keepdim=True)
+    assert ((v.double() - exact).norm(dim=1, keepdim=True) / scale).max() < 1e-4
+
 
 def test_direct_refuses_large_states():
     with pytest.raises(SolverError, match="max_dim"):
