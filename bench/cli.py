@@ -170,6 +170,9 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file."),
         else:
             err.print(line, markup=False)
 
+    from .executors import sigterm_as_interrupt
+
+    sigterm_as_interrupt()  # `kill PID` stops the suite like Ctrl-C: workers stopped, runs marked KILLED
     try:
         execute(jobs_list, executor=executor, jobs=jobs, scheduler=scheduler, on_result=on_result, on_start=on_start)
         busy = {r.spec_hash for r in results if r.status == "busy"}

@@ -33,10 +33,41 @@ def gpu_devices(device: str) -> List[str]:
 _WORKER_DEVICE: Optional[str] = None
 
 
+def sigterm_as_interrupt() -> None:
+    """Make SIGTERM take the KeyboardInterrupt path (run marked KILLED, reason 'interrupted'), in the
+    main thread of this process only."""
+    import signal
+    import threading
+
+    def _raise(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise)
+
+
+def _die_with_parent() -> None:
+    """Linux: ask the kernel to send this worker SIGTERM when its parent (the driver) dies, so that a
+    killed ``bench run`` leaves no orphan still training (and logging) its cell."""
+    import ctypes
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except OSError:
+        return
+
+
 def _init_worker(queue, threads: int) -> None:
     global _WORKER_DEVICE
     import torch
 
+    sigterm_as_interrupt()
+    _die_with_parent()
     torch.set_num_threads(threads)
     _WORKER_DEVICE = queue.get() if queue is not None else None
 
@@ -47,6 +78,23 @@ def _run_in_worker(config, ctx):
     if _WORKER_DEVICE is not None:
         ctx = ctx.with_device(_WORKER_DEVICE)
     return run_cell(config, ctx)
+
+
+def _stop_pool(pool: ProcessPoolExecutor, grace: float = 30.0) -> None:
+    """Cancel queued cells and SIGTERM the running workers (each marks its run KILLED and releases its
+    cell lock); SIGKILL whatever is still alive after ``grace`` seconds."""
+    import time
+
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    deadline = time.monotonic() + grace
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
 
 
 def execute(jobs_list: Sequence[Job], executor: str = "local", jobs: int = 1, scheduler: Optional[str] = None,
@@ -83,11 +131,15 @@ def execute(jobs_list: Sequence[Job], executor: str = "local", jobs: int = 1, sc
             for i in range(n):
                 queue.put(devices[i % len(devices)])
         threads = threads_per_worker(n) if device == "cpu" else 1
-        with ProcessPoolExecutor(max_workers=n, mp_context=spawn, initializer=_init_worker,
-                                 initargs=(queue, threads)) as pool:
+        pool = ProcessPoolExecutor(max_workers=n, mp_context=spawn, initializer=_init_worker, initargs=(queue, threads))
+        try:
             futs = [pool.submit(_run_in_worker, config, ctx.with_threads(ctx.threads or threads)) for config, ctx in jobs_list]
             for f in as_completed(futs):
                 done(f.result())
+        except BaseException:  # interrupted: stop the workers now instead of waiting for their cells
+            _stop_pool(pool)
+            raise
+        pool.shutdown(wait=True)
         return results
 
     # dask.distributed

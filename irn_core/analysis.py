@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .solvers.base import prepare_forward_ad
+
 __all__ = [
     "stability_function", "stability_region", "jacobian", "jacobian_eigenvalues", "trajectory_spectra",
     "rollout", "jacobian_norm", "lipschitz_lower_bound", "lipschitz_upper_bound",
@@ -173,6 +175,7 @@ def jacobian_norm(field: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor
 
     v = v / nrm(v).view(view)
     mu = torch.zeros(B, dtype=y.dtype, device=y.device)
+    prepare_forward_ad()
     for _ in range(int(iterations) + 1):
         _, Jv = torch.func.jvp(field, (y,), (v,))
         mu = nrm(Jv)

@@ -227,6 +227,36 @@ def test_kill_9_mid_suite_then_rerun_each_run_exactly_once(env):
     _exactly_once(uri, "fast", 6)
 
 
+def test_sigterm_stops_process_workers_and_marks_their_runs_killed(env):
+    """`kill PID` of a `bench run --executor process` stops the suite like Ctrl-C: the workers stop
+    too (they used to keep training and logging their cells as orphans), each in-flight run is marked
+    KILLED with reason 'interrupted', and the driver exits 130."""
+    s = fast_suite(env, epochs=3000, thetas="[0.5, 1.0]")
+    uri = _store(env)
+    p = _bench(["run", s, "--executor", "process", "--jobs", "2"], env)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # both workers are training
+        time.sleep(0.5)
+        try:
+            cells = runs(uri, "fast")
+        except Exception:  # noqa: BLE001 - store still being created
+            continue
+        if sum(c.info.status == "RUNNING" for c in cells) == 2:
+            break
+    else:
+        pytest.fail("the two cells never started")
+    os.kill(p.pid, signal.SIGTERM)
+    out, _ = p.communicate(timeout=90)
+    assert p.returncode == 130, out
+    assert "interrupted" in out
+    cells = runs(uri, "fast")
+    assert [c.info.status for c in cells] == ["KILLED", "KILLED"], [(c.info.run_name, c.info.status) for c in cells]
+    assert {c.data.tags.get("irn.failure_reason") for c in cells} == {"interrupted"}
+    steps = {c.info.run_id: len(c.data.metrics) for c in cells}
+    time.sleep(2)  # nothing is still training behind the driver's back
+    assert {c.info.run_id: len(c.data.metrics) for c in runs(uri, "fast")} == steps
+
+
 def test_two_concurrent_runs_on_one_store_lose_nothing(env):
     s = fast_suite(env, epochs=30, thetas="[0.0, 0.5, 1.0]", seeds="[0, 1]")
     ps = [_bench(["run", s], env) for _ in range(2)]

@@ -191,3 +191,27 @@ class Timer:
 def check_finite(t: torch.Tensor, what: str) -> None:
     if not bool(torch.isfinite(t).all()):
         raise SolverError(f"non-finite values (NaN/Inf) in {what}")
+
+
+_FORWARD_AD_READY = False
+
+
+def prepare_forward_ad() -> None:
+    """Import torch's forward-mode decompositions once with their deprecation noise silenced.
+
+    The first ``torch.func.jvp`` imports ``torch._decomp.decompositions_for_jvp``, which (torch 2.14)
+    scripts its decompositions with the deprecated ``torch.jit.script``: ~18 FutureWarnings that name
+    no user code. Only that import is silenced; every other warning is left alone.
+    """
+    global _FORWARD_AD_READY
+    if _FORWARD_AD_READY:
+        return
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit\.script.*deprecated")
+        try:
+            import torch._decomp.decompositions_for_jvp  # noqa: F401
+        except ImportError:  # a torch without that module has nothing to silence
+            pass
+    _FORWARD_AD_READY = True

@@ -12,7 +12,7 @@ from typing import Callable, Tuple
 
 import torch
 
-from .base import BestIterate, Registry, SolverStats, batch_norm, check_finite, check_mode
+from .base import BestIterate, Registry, SolverStats, batch_norm, check_finite, check_mode, prepare_forward_ad
 
 __all__ = ["NONLINEAR_SOLVERS", "register_nonlinear", "get_nonlinear", "fixed_point", "anderson", "lbfgs", "newton_krylov"]
 
@@ -242,6 +242,7 @@ def newton_krylov(g: Map, y0: torch.Tensor, *, tol: float = 1e-6, max_iter: int 
     from .linear import gmres
 
     check_mode(mode)
+    prepare_forward_ad()
     t0 = time.perf_counter()
     y = y0
     gy = g(y)
