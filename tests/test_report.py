@@ -47,6 +47,9 @@ cases:
       max_samples: 64
       corruptions:
         gaussian: {std: [0.0, 0.3]}
+  spirals:
+    task: {name: v1_spirals, n_per_class: 40, steps: 4}
+    train: {epochs: 3}
 seeds: [0, 1]
 matrix:
   model.layer.theta: THETAS
@@ -57,6 +60,7 @@ reports:
   - {kind: vector_field, where: {case: [ex1, ex3]}}
   - {kind: spectrum, where: {case: ex1}}
   - {kind: trajectories, where: {case: [ex2, ex3]}}
+  - {kind: decision_regions, where: {case: spirals}}
 """
 
 DEPTH = """
@@ -129,7 +133,7 @@ def test_every_kind_rendered(store):
     names = sorted(p.name for p in out.iterdir())
     for stem in ("01-training_curves-ex1", "02-solver_cost-digits", "03-accuracy_vs_noise", "04-vector_field-ex1",
                  "04-vector_field-ex3", "05-spectrum-regions", "05-spectrum-spectra", "06-trajectories-ex2",
-                 "06-trajectories-ex3"):
+                 "06-trajectories-ex3", "07-decision_regions"):
         assert f"{stem}.png" in names and f"{stem}.svg" in names, (stem, names)
     for stem in ("02-solver_cost-ex1", "03-accuracy_vs_noise", "06-trajectories-ex3"):
         for ext in ("md", "tex", "csv"):
@@ -225,6 +229,7 @@ def _svg_texts(path: Path) -> str:
     ("05-spectrum-regions", ["Re z", "Im z", "θ = 0", "θ = 1"]),
     ("05-spectrum-spectra", ["Re z", "Im z", "train", "test"]),
     ("06-trajectories-ex3", ["extrapolation", "network (discrete steps)", "learned field, continuous time"]),
+    ("07-decision_regions", ["$x_1$", "$x_2$", "held-out points", "decision boundary", "θ=0", "θ=1"]),
 ])
 def test_figures_valid_with_labels(store, stem, expected):
     import matplotlib.image as mpimg
@@ -237,6 +242,18 @@ def test_figures_valid_with_labels(store, stem, expected):
     texts = _svg_texts(store["out"] / f"{stem}.svg")
     for t in expected:
         assert t in texts, (t, texts[:500])
+
+
+def test_decision_regions_reload_the_logged_model(store):
+    """Each panel recomputes the held-out accuracy from the reloaded state_dict: it must equal the
+    final/test/top1 the run logged at the end of training."""
+    texts = _svg_texts(store["out"] / "07-decision_regions.svg")
+    runs, _ = _runs(store["uri"], "rtest")
+    spirals = [r for r in runs if r.data.tags.get("irn.case") == "spirals" and r.data.params["seed"] == "0"]
+    assert len(spirals) == 2
+    for r in spirals:
+        top1 = 100.0 * r.data.metrics["final/test/top1"]
+        assert f"held-out top-1 {top1:.1f} % (seed 0)" in texts, (top1, texts[:800])
 
 
 def test_rerender_is_byte_identical(store):

@@ -87,6 +87,10 @@ def render(ctx, e):
         suffix = "" if len(other) == 1 else f"{gi + 1}"
         sevs = sorted(set(sub[sub["spec_hash"].isin(pd.concat([c.runs for c in gcells])["spec_hash"])]["severity"]) |
                       (set(ref["severity"]) if ref is not None and False else set()))
+        if not sevs:  # no finished run in this group: say so instead of writing an empty table
+            ctx.note(f"{glabel or 'all cells'}: " + "; ".join(f"{c.label}: {c.status_text}" for c in gcells)
+                     + f" — no {name} accuracy to tabulate.")
+            continue
         disp_rows, num_rows = [], []
         for sev in sevs:
             drow = {e["rows"]: f"{sev:g}"}
