@@ -77,7 +77,15 @@ matrix:
   model.variant: [D, S]
   model.n: [1, 2]
 reports:
-  - {kind: depth_vs_accuracy, rows: model.n, cols: model.variant}
+  - {kind: depth_vs_accuracy, rows: model.n, cols: model.variant, reference: depth-ref.csv}
+"""
+
+# task, variant, paper depth (D: 6n, S: 3n + 2); S at n = 2 (depth 8) deliberately absent
+DEPTH_REF = """# test reference
+task,model.variant,depth,metric,value
+digits,D,6,top1,55.5
+digits,D,12,top1,66.25
+digits,S,5,top1,44.0
 """
 
 
@@ -97,6 +105,7 @@ def store(tmp_path_factory):
     suite.write_text(SUITE.replace("THETAS", "[0.0, 1.0]"))
     depth = tmp / "rdepth.yaml"
     depth.write_text(DEPTH)
+    (tmp / "depth-ref.csv").write_text(DEPTH_REF)  # a reference given as a path beside the suite
     old = os.environ.get("IRN_RESULTS")
     os.environ["IRN_RESULTS"] = str(tmp)  # locks etc. stay in the temp dir
     try:
@@ -191,6 +200,30 @@ def test_bundled_reference_is_spec_table_3():
                 assert r["value"].iloc[0] == float(v)
 
 
+def test_bundled_reference_is_spec_table_5_3():
+    from bench.report.references import load_reference
+
+    ref = load_reference("paper-table-5-3")
+    assert len(ref) == 14 and set(ref["model.variant"]) == {"D", "S"}
+    spec = (Path(__file__).resolve().parents[1] / ".." / "shared" / "SPEC.md")
+    if not spec.exists():
+        pytest.skip("SPEC.md not beside the repository")
+    text = spec.read_text().split("Table 5.3")[1].split("Table 5.4")[0]
+    rows = [[x.strip() for x in l.strip().strip("|").split("|")] for l in text.splitlines() if re.match(r"\| \d+ \|", l)]
+    assert len(rows) == 4
+    n = 0
+    for c in rows:
+        for variant, depth, vals in (("D", c[0], c[1:3]), ("S", c[4], c[5:7])):
+            for task, v in zip(("cifar10", "cifar100"), vals):
+                r = ref[(ref["task"] == task) & (ref["model.variant"] == variant) & (ref["depth"] == int(depth))]
+                if v == "—":
+                    assert r.empty
+                    continue
+                assert round(float(r["value"].iloc[0]), 2) == float(v)
+                n += 1
+    assert n == 14
+
+
 def test_solver_and_depth_tables_equal_logged_metrics(store):
     runs, client = _runs(store["uri"], "rtest")
     got = pd.read_csv(store["out"] / "02-solver_cost-ex1.csv")
@@ -211,8 +244,15 @@ def test_solver_and_depth_tables_equal_logged_metrics(store):
         row = d[(d["model.variant"] == v) & (d["model.n"] == n) & (d["condition"] == "clean")].iloc[0]
         assert row["mean"] == pytest.approx(100 * r.data.metrics["final/test/top1"])
         assert row["depth"] == (6 * n if v == "D" else 3 * n + 2)
+        ref = {("D", 1): 55.5, ("D", 2): 66.25, ("S", 1): 44.0}.get((v, n))
+        if ref is None:
+            assert math.isnan(row["reference"])
+        else:
+            assert row["reference"] == ref and row["diff"] == pytest.approx(row["mean"] - ref)
         row = d[(d["model.variant"] == v) & (d["model.n"] == n) & (d["condition"] == "gaussian 0.1")].iloc[0]
         assert row["mean"] == pytest.approx(100 * r.data.metrics["corruption/gaussian/0.1/top1"])
+    md = (store["out_depth"] / "01-depth_vs_accuracy.md").read_text()
+    assert "clean paper" in md and "66.25" in md and "clean Δ" in md
 
 
 def _svg_texts(path: Path) -> str:

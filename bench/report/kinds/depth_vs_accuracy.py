@@ -25,14 +25,27 @@ def _paper_depth(cfg):
 
 
 def _check(e):
-    return [] if isinstance(e["metric"], str) else [f"metric: must be a metric name such as top1 (got {e['metric']!r})"]
+    from ..references import check_reference
+
+    errs = [] if isinstance(e["metric"], str) else [f"metric: must be a metric name such as top1 (got {e['metric']!r})"]
+    return errs + check_reference(e.get("reference"))
+
+
+def _ref_value(ref, task, variant, depth, metric) -> float:
+    if ref is None or depth is None:
+        return float("nan")
+    r = ref[(ref["task"].astype(str) == str(task)) & (ref["model.variant"].astype(str) == str(variant))
+            & (ref["depth"] == depth) & (ref["metric"] == metric)]
+    return float(r["value"].iloc[0]) if len(r) else float("nan")
 
 
 @register_report("depth_vs_accuracy",
                  {"rows": None, "cols": "model.variant", "metric": "top1", "corruptions": None, "scale": 100.0,
-                  "decimals": 2},
+                  "decimals": 2, "reference": None},
                  doc="Table 5.3/5.4 layout: per variant (cols) and depth (rows), clean accuracy and accuracy under "
-                     "each corruption severity (mean ± std over seeds), per task; plus accuracy vs depth",
+                     "each corruption severity (mean ± std over seeds), per task; plus accuracy vs depth. "
+                     "reference: paper-table-5-3 (or a CSV with task, model.variant, depth, metric, value) puts the "
+                     "paper's clean accuracy and the difference beside ours",
                  check=_check)
 def render(ctx, e):
     data = ctx.data
@@ -58,6 +71,17 @@ def render(ctx, e):
             if (e["corruptions"] is None or c in e["corruptions"]) and s != 0:
                 levels.append((c, s))
     tasks = list(dict.fromkeys(runs["_task"]))
+    ref = None
+    if e["reference"]:
+        from pathlib import Path
+
+        from ..references import load_reference
+
+        ref = load_reference(e["reference"], Path(data.suite.path).parent)
+        need = {"task", "model.variant", "depth", "metric", "value"}
+        if not need <= set(ref.columns):
+            ctx.note(f"Reference {e['reference']!r} lacks column(s) {', '.join(sorted(need - set(ref.columns)))}: not shown.")
+            ref = None
     disp, num = [], []
     for colv in sorted(dict.fromkeys(runs["_col"]), key=_sort_key):
         for rowv in sorted(dict.fromkeys(runs.loc[runs["_col"] == colv, "_row"]), key=_sort_key):
@@ -75,9 +99,16 @@ def render(ctx, e):
                 vals = [v * scale for v in fin.get(f"final/{split}/{m}", pd.Series(dtype=float)).dropna()]
                 drow[f"{prefix}clean"] = mean_std(vals, dec) if len(fin) else status
                 mean, sd, n = mean_sd(vals)
+                extra = {}
+                if ref is not None:
+                    variant = get_path(data.config(cell["spec_hash"].iloc[0]), "model.variant", colv)
+                    rv = _ref_value(ref, t, variant, pd_, m)
+                    drow[f"{prefix}clean paper"] = "—" if math.isnan(rv) else f"{rv:.{dec}f}"
+                    drow[f"{prefix}clean Δ"] = "—" if math.isnan(rv) or math.isnan(mean) else f"{mean - rv:+.{dec}f}"
+                    extra = {"reference": rv, "diff": mean - rv}
                 num.append({cols_key: colv, rows_key: rowv, "depth": pd_, "task": t, "condition": "clean",
                             "corruption": "", "severity": 0.0, "metric": m, "mean": mean, "std": sd, "n_seeds": n,
-                            "status": status})
+                            "status": status, **extra})
                 for c, s in levels:
                     cc = corr[(corr["spec_hash"].isin(fin["spec_hash"])) & (corr["corruption"] == c)
                               & np.isclose(corr["severity"], s)]
@@ -91,7 +122,8 @@ def render(ctx, e):
     numdf = pd.DataFrame(num)
     cap = (f"{m} accuracy ({'%' if scale == 100 else f'× {scale:g}'}) by {key_label(cols_key)} and "
            f"{key_label(rows_key)}" + (" (depth: distinct filters as the paper counts them)" if any(
-               d.get("depth") for d in disp) else "") + ": clean test set and perturbed test sets; mean ± std over seeds.")
+               d.get("depth") for d in disp) else "") + ": clean test set and perturbed test sets; mean ± std over seeds"
+           + (f"; 'paper' = {e['reference']} (clean), Δ = ours − paper" if ref is not None else "") + ".")
     ctx.table(pd.DataFrame(disp), numdf, "", cap)
     _figure(ctx, numdf, cols_key, rows_key, m, scale)
 
@@ -120,6 +152,10 @@ def _figure(ctx, num, cols_key, rows_key, m, scale):
                 x = d["depth"] if use_depth else d[rows_key]
                 ax.errorbar(x, d["mean"], yerr=d["std"].fillna(0.0), color=colors[v], marker="o", ms=4, capsize=2,
                             label=f"{key_label(cols_key)}={v}")
+                if cond == "clean" and "reference" in d and d["reference"].notna().any():
+                    r = d.dropna(subset=["reference"])
+                    ax.plot(r["depth"] if use_depth else r[rows_key], r["reference"], color=colors[v], ls="--",
+                            marker="x", ms=5, label=f"{key_label(cols_key)}={v} (paper)")
             ax.set_xlabel("depth (distinct filters)" if use_depth else key_label(rows_key))
             ax.set_ylabel(f"{m} accuracy [{'%' if scale == 100 else scale}]")
             ax.set_title(f"{t}: {cond}" if len(tasks) > 1 else cond)
