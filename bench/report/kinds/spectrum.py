@@ -71,13 +71,31 @@ def _regions_figure(ctx, thetas, e):
 
     n = len(thetas)
     fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.3), squeeze=False)
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Circle, Patch, Rectangle
+
+    re, im = (-4.0, 4.0), (-3.0, 3.0)
     for ax, th in zip(axes[0], thetas):
-        _region(ax, th, (-4.0, 4.0), (-3.0, 3.0), e["levels"])
+        # red: where the fixed-point iteration of the layer contracts, θ|z| < 1 (eq 18 for the test equation)
+        if th > 0:
+            ax.add_patch(Circle((0, 0), 1 / th, facecolor="tab:red", alpha=0.25, edgecolor="none", zorder=1.5))
+        else:  # θ = 0: no solve, every z qualifies
+            ax.add_patch(Rectangle((re[0], im[0]), re[1] - re[0], im[1] - im[0], facecolor="tab:red", alpha=0.25,
+                                   edgecolor="none", zorder=1.5))
+        _region(ax, th, re, im, e["levels"])
+        # hatched: the spectrum of a spectrally normalised 1-Lipschitz F (h = 1) lies in |z| ≤ 1
+        ax.add_patch(Circle((0, 0), 1.0, facecolor="none", edgecolor="black", hatch="////", lw=0.8, zorder=3))
         ax.set_title(f"θ = {th:g}", color=theta_color(th))
+    handles = [Patch(facecolor="0.82"), Patch(facecolor="tab:red", alpha=0.25),
+               Patch(facecolor="none", edgecolor="black", hatch="////"), Line2D([], [], color="black", marker="x", ls="none")]
+    labels = ["stability region |R(z)| ≤ 1", "contractive fixed-point iteration θ|z| < 1",
+              "spectrum of a 1-Lipschitz F (h = 1)", "pole z = 1/θ"]
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=4, frameon=False, fontsize=8)
     fig.suptitle("Stability regions |R(z)| ≤ 1 (grey) and contours of |R(z)|, R(z) = (1 + (1−θ)z)/(1 − θz)")
     fig.tight_layout()
-    ctx.figure(fig, "regions", "Stability regions of θ-method layers (grey, |R(z)| ≤ 1) with contours of |R(z)|; "
-                               "× marks the pole z = 1/θ (journal Figure 3)")
+    ctx.figure(fig, "regions", "Stability regions of θ-method layers (grey, |R(z)| ≤ 1) with contours of |R(z)|; red: "
+                               "where the layer's fixed-point iteration contracts (θ|z| < 1); hatched: the disc |z| ≤ 1 "
+                               "holding the spectrum of a 1-Lipschitz field; × marks the pole z = 1/θ (journal Figure 3)")
 
 
 def _spectra_figure(ctx, panels, e, title_part, suffix):
