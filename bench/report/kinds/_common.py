@@ -36,6 +36,15 @@ class Cell:
         return "missing"
 
 
+def _loads(s: str) -> Any:
+    import json
+
+    try:
+        return json.loads(s)
+    except (TypeError, ValueError):
+        return s
+
+
 def _sort_key(v: Any):
     if isinstance(v, (int, float)) and not isinstance(v, bool):
         return (0, float(v), "")
@@ -59,7 +68,10 @@ def make_cells(ctx, runs: pd.DataFrame, hue: Optional[str], exclude: Sequence[st
     others = [k for k in keys if k != hue]
     style_of: dict = {}
     cells = []
-    for vals in sorted(groups, key=lambda v: (_sort_key(hue_vals[v]), v)):
+    def order(v):  # by θ (the hue), then the other values numerically (points 2 < 4 < 10), not as strings
+        return (_sort_key(hue_vals[v]),) + tuple(_sort_key(_loads(x)) for x in v)
+
+    for vals in sorted(groups, key=order):
         first = runs.loc[groups[vals][0]]
         parts = []
         for k in keys:

@@ -151,12 +151,18 @@ def _figure(ctx, panels, e, title_part, suffix):
     from matplotlib.lines import Line2D
 
     n = len(panels)
-    fig, axes = plt.subplots(2, n, figsize=(4.0 * n, 5.6), squeeze=False, sharey="row")
+    ncol = min(n, 3)  # cells wrap into rows of 3, each a pair of rows: discrete above continuous
+    blocks = -(-n // ncol)
+    fig, axes = plt.subplots(2 * blocks, ncol, figsize=(4.0 * ncol, 5.6 * blocks), squeeze=False, sharey="row")
+    for ax in list(axes.flat):
+        ax.set_visible(False)
     styles = ["-", "--", ":"]
-    for j, (c, r) in enumerate(panels):
+    for jj, (c, r) in enumerate(panels):
+        b, j = divmod(jj, ncol)
         for i, (key, t, states, title) in enumerate((("disc", r["t_steps"], r["disc"], "network (discrete steps)"),
                                                     ("cont", r["t_dense"], r["cont"], "learned field, continuous time"))):
-            ax = axes[i][j]
+            ax = axes[2 * b + i][j]
+            ax.set_visible(True)
             for k in range(r["d"]):
                 if r["exact"] is not None:
                     ax.plot(r["t_dense"], r["exact"][:, k], color="black", lw=1.0, ls=styles[k % 3])
@@ -189,9 +195,11 @@ def _figure(ctx, panels, e, title_part, suffix):
         handles += [Line2D([], [], color="0.4", ls=styles[k % 3]) for k in range(panels[0][1]["d"])]
         labels += [f"$z_{k + 1}$" for k in range(panels[0][1]["d"])]
     fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(labels), frameon=False)
-    fig.suptitle(f"Test trajectory {panels[0][1]['sample']}: network rollout (top) and continuous-time rollout of the "
-                 f"learned field (bottom)" + (f" — {title_part}" if title_part else ""))
-    fig.tight_layout()
-    ctx.figure(fig, suffix, "Top: the trained network's discrete rollout; bottom: the learned vector field integrated "
+    where = ("top", "bottom") if blocks == 1 else ("upper row of each pair", "lower row")
+    fig.suptitle(f"Test trajectory {panels[0][1]['sample']}: network rollout ({where[0]}) and continuous-time rollout of "
+                 f"the learned field ({where[1]})" + (f" — {title_part}" if title_part else ""))
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))  # room for the title
+    ctx.figure(fig, suffix, "Top (of each pair of rows): the trained network's discrete rollout; bottom: the learned "
+                            "vector field integrated "
                             "in continuous time (solve_ivp); black: exact solution; dotted line: end of the training "
                             "interval (journal Figures 9 and 11)")
