@@ -198,7 +198,7 @@ def _figure(ctx, panels, e, title_part, suffix):
     where = ("top", "bottom") if blocks == 1 else ("upper row of each pair", "lower row")
     fig.suptitle(f"Test trajectory {panels[0][1]['sample']}: network rollout ({where[0]}) and continuous-time rollout of "
                  f"the learned field ({where[1]})" + (f" — {title_part}" if title_part else ""))
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))  # room for the title
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()) if blocks > 1 else None)  # room for the title
     ctx.figure(fig, suffix, "Top (of each pair of rows): the trained network's discrete rollout; bottom: the learned "
                             "vector field integrated "
                             "in continuous time (solve_ivp); black: exact solution; dotted line: end of the training "
