@@ -34,16 +34,16 @@ _WORKER_DEVICE: Optional[str] = None
 
 
 def sigterm_as_interrupt() -> None:
-    """Make SIGTERM take the KeyboardInterrupt path (run marked KILLED, reason 'interrupted'), in the
-    main thread of this process only."""
+    """Make SIGTERM (and SIGINT) take the KeyboardInterrupt path (run marked KILLED, reason 'interrupted'),
+    deferred while a tracking-store write is in flight; main thread of this process only."""
     import signal
     import threading
 
-    def _raise(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
+    from .tracking import interrupt_handler
 
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _raise)
+        signal.signal(signal.SIGTERM, interrupt_handler)
+        signal.signal(signal.SIGINT, interrupt_handler)
 
 
 def _die_with_parent() -> None:
@@ -62,9 +62,14 @@ def _die_with_parent() -> None:
         return
 
 
+_PARENT_PID: Optional[int] = None
+
+
 def _init_worker(queue, threads: int) -> None:
-    global _WORKER_DEVICE
+    global _WORKER_DEVICE, _PARENT_PID
     import torch
+
+    _PARENT_PID = os.getppid()
 
     sigterm_as_interrupt()
     _die_with_parent()
@@ -77,7 +82,12 @@ def _run_in_worker(config, ctx):
 
     if _WORKER_DEVICE is not None:
         ctx = ctx.with_device(_WORKER_DEVICE)
-    return run_cell(config, ctx)
+    try:
+        return run_cell(config, ctx)
+    except KeyboardInterrupt:
+        if _PARENT_PID is not None and os.getppid() != _PARENT_PID:
+            os._exit(130)  # the driver is gone (run already marked KILLED): nobody will send more work
+        raise
 
 
 def _stop_pool(pool: ProcessPoolExecutor, grace: float = 30.0) -> None:

@@ -61,21 +61,46 @@ def artifact_root(uri: str) -> Optional[str]:
     return None
 
 
+# Interrupts are deferred while a store call is in flight: a KeyboardInterrupt raised inside an SQLite
+# transaction leaves its write lock held by a connection nobody will release, and the next write (marking the
+# run KILLED, in this process or another) then waits on it forever.
+_STORE_DEPTH = 0
+_PENDING_SIGNAL: Optional[int] = None
+
+
+def interrupt_handler(signum, frame) -> None:
+    """SIGINT/SIGTERM handler: KeyboardInterrupt now, or as soon as the current store call returns."""
+    global _PENDING_SIGNAL
+    if _STORE_DEPTH > 0:
+        _PENDING_SIGNAL = signum
+        return
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def _retry(fn):
-    """Retry a store call when SQLite reports a lock (several processes writing one database)."""
+    """Retry a store call when SQLite reports a lock (several processes writing one database); an
+    interrupt arriving during the call is raised when it returns (see :func:`interrupt_handler`)."""
 
     @functools.wraps(fn)
     def wrapper(*a, **kw):
-        delay = 0.05
-        for attempt in range(40):
-            try:
-                return fn(*a, **kw)
-            except Exception as e:  # noqa: BLE001 - MLflow wraps sqlite errors in several types
-                text = str(e).lower()
-                if ("database is locked" not in text and "database table is locked" not in text) or attempt == 39:
-                    raise
-                time.sleep(delay * (1 + random.random()))
-                delay = min(delay * 1.5, 2.0)
+        global _STORE_DEPTH, _PENDING_SIGNAL
+        _STORE_DEPTH += 1
+        try:
+            delay = 0.05
+            for attempt in range(40):
+                try:
+                    return fn(*a, **kw)
+                except Exception as e:  # noqa: BLE001 - MLflow wraps sqlite errors in several types
+                    text = str(e).lower()
+                    if ("database is locked" not in text and "database table is locked" not in text) or attempt == 39:
+                        raise
+                    time.sleep(delay * (1 + random.random()))
+                    delay = min(delay * 1.5, 2.0)
+        finally:
+            _STORE_DEPTH -= 1
+            if _STORE_DEPTH == 0 and _PENDING_SIGNAL is not None:
+                sig, _PENDING_SIGNAL = _PENDING_SIGNAL, None
+                raise KeyboardInterrupt(f"signal {sig}")
 
     return wrapper
 

@@ -303,3 +303,24 @@ def test_parallel_executors_match_in_process(env, executor):
     ca, cb = _all_metrics(local_uri, "conv"), _all_metrics(par_uri, "conv")
     assert len(ca) == 2 and "corruption/gaussian/0.3/top1" in ca["theta=1.0 seed=0"]
     assert ca == cb
+
+
+def test_interrupt_during_a_store_write_is_raised_after_it():
+    """A signal arriving inside a tracking-store call must not tear the SQLite transaction (its lock would
+    be held forever, and marking the run KILLED would hang): the KeyboardInterrupt comes when it returns."""
+    import bench.tracking as T
+
+    done = []
+
+    @T._retry
+    def write():
+        T.interrupt_handler(signal.SIGTERM, None)  # as if SIGTERM arrived mid-transaction
+        done.append("committed")
+        return "ok"
+
+    with pytest.raises(KeyboardInterrupt, match="signal 15"):
+        write()
+    assert done == ["committed"] and T._PENDING_SIGNAL is None and T._STORE_DEPTH == 0
+    with pytest.raises(KeyboardInterrupt):  # outside a store call: at once
+        T.interrupt_handler(signal.SIGINT, None)
+    assert write.__wrapped__ is not None
