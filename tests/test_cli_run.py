@@ -323,4 +323,3 @@ def test_interrupt_during_a_store_write_is_raised_after_it():
     assert done == ["committed"] and T._PENDING_SIGNAL is None and T._STORE_DEPTH == 0
     with pytest.raises(KeyboardInterrupt):  # outside a store call: at once
         T.interrupt_handler(signal.SIGINT, None)
-    assert write.__wrapped__ is not None
