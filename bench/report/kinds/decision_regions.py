@@ -22,7 +22,7 @@ def _check(e):
     return errs
 
 
-@register_report("decision_regions", {"hue": None, "split_by": None, "seed": None, "grid": 200, "margin": 0.15},
+@register_report("decision_regions", {"hue": None, "split_by": None, "seed": None, "grid": 150, "margin": 0.15},
                  check=_check,
                  doc="classifier of 2-D inputs: predicted class (shade = confidence) over the plane with train "
                      "(filled) and held-out (hollow, x = misclassified) points; one panel per cell")
@@ -79,29 +79,29 @@ def _figure(ctx, panels, e, title_part, suffix):
     n = len(panels)
     ncol = min(n, 4)
     nrow = math.ceil(n / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 3.7 * nrow), squeeze=False)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 3.3 * nrow), squeeze=False)
     k_max = 2
     for ax, (c, row, model, xtr, ytr, xte, yte) in zip(axes.flat, panels):
         prob = _predict(model, grid)
         k = prob.shape[1]
         k_max = max(k_max, k)
         colors = plt.get_cmap("tab10" if k > 2 else "coolwarm")(np.linspace(0, 1, k) if k <= 2 else np.arange(k))
-        if k == 2:  # shade = P(class 1): the boundary is the 0.5 contour
-            cs = ax.contourf(X, Y, prob[:, 1].reshape(X.shape).numpy(), levels=np.linspace(0, 1, 11),
-                             cmap="coolwarm", alpha=0.55, vmin=0, vmax=1)
-            ax.contour(X, Y, prob[:, 1].reshape(X.shape).numpy(), levels=[0.5], colors="black", linewidths=1.0)
+        if k == 2:  # shade = P(class 1) in bands (flat bands keep the PNG small): boundary = the 0.5 contour
+            cs = ax.contourf(X, Y, prob[:, 1].reshape(X.shape).numpy(), levels=[0.0, 0.1, 0.5, 0.9, 1.0],
+                             colors=["#8fa8e8", "#c9d5f5", "#f5c9c4", "#e8958c"], vmin=0, vmax=1)
+            ax.contour(X, Y, prob[:, 1].reshape(X.shape).numpy(), levels=[0.5], colors="black", linewidths=0.9)
         else:
             cls = prob.argmax(1).reshape(X.shape).numpy()
             cs = ax.contourf(X, Y, cls, levels=np.arange(k + 1) - 0.5, cmap=ListedColormap(colors), alpha=0.45)
         cs.set_rasterized(True)  # the filled contours are the bulk of an SVG
         pt_colors = colors[ytr.numpy()]
-        ax.scatter(xtr[:, 0], xtr[:, 1], c=pt_colors, s=9, edgecolors="black", linewidths=0.3, zorder=3)
+        ax.scatter(xtr[:, 0], xtr[:, 1], c=pt_colors, s=9, edgecolors="black", linewidths=0.3, zorder=3, rasterized=True)
         title = f"{c.label}"
         if xte is not None:
             pred = _predict(model, xte.float()).argmax(1)
             wrong = (pred != yte).numpy()
             ax.scatter(xte[:, 0], xte[:, 1], facecolors="none", edgecolors=colors[yte.numpy()], s=14, linewidths=0.8,
-                       zorder=3)
+                       zorder=3, rasterized=True)
             if wrong.any():
                 ax.scatter(xte[wrong, 0], xte[wrong, 1], marker="x", color="black", s=18, linewidths=0.9, zorder=4)
             title += f"\nheld-out top-1 {100.0 * (1 - wrong.mean()):.1f} % (seed {int(row['seed'])})"
@@ -124,5 +124,6 @@ def _figure(ctx, panels, e, title_part, suffix):
     fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(labels), frameon=False)
     fig.suptitle("Decision regions" + (f" — {title_part}" if title_part else ""))
     fig.tight_layout()
-    ctx.figure(fig, suffix, "Decision regions: shade = predicted class probability, black line = boundary; "
+    ctx.figure(fig, suffix, "Decision regions: shade = predicted class probability (bands at 0.1, 0.5, 0.9), black "
+                            "line = boundary; "
                             "filled markers = training points, hollow = held-out points, x = held-out misclassified")
