@@ -27,7 +27,8 @@ def test_quickstart_cases_and_paper_grids():
     assert ex1.specs[0].config["train"]["epochs"] == 3000  # the paper default comes from the task
     assert ex1.specs[0].config["model"]["dims"] == [2, 10, 10, 10, 2]
     v1 = load_suite(ROOT / "suites" / "paper" / "v1_spirals.yaml")
-    assert len(v1.specs) == 7  # 2 x 4 minus one excluded cell
+    assert len(v1.specs) == 24  # theta {0, 1} x sigma_pert {0, .01, .05, .1} x 3 seeds
+    assert {sp.config["regularizers"]["perturbation_streams"]["weight"] for sp in v1.specs} == {0.001}
 
 
 def test_hash_is_canonical_and_ignores_labels(tmp_path):
@@ -39,3 +40,14 @@ def test_hash_is_canonical_and_ignores_labels(tmp_path):
     assert ha == hb
     c = load_suite(a, sets=["train.epochs=3"]).specs[0].hash
     assert c != ha
+
+
+def test_matrix_exclude_and_include(tmp_path):
+    """exclude drops every cell matching all its keys; include adds cells outside the product."""
+    p = tmp_path / "x.yaml"
+    p.write_text("name: x\ntask: {name: ex1_sine}\ntrain: {epochs: 2}\n"
+                 "matrix: {model.layer.theta: [0.0, 1.0], model.layer.phi: [one_leg, convex]}\n"
+                 "exclude: [{model.layer.theta: 0.0, model.layer.phi: convex}]\n"
+                 "include: [{model.layer.theta: 0.5, model.layer.phi: one_leg}]\n")
+    cells = {(sp.config["model"]["layer"]["theta"], sp.config["model"]["layer"]["phi"]) for sp in load_suite(p).specs}
+    assert cells == {(0.0, "one_leg"), (1.0, "one_leg"), (1.0, "convex"), (0.5, "one_leg")}
