@@ -72,9 +72,14 @@ def block_trajectory(model, x: torch.Tensor) -> List[torch.Tensor]:
 
 
 def state_model_groups(ctx, e, what: str):
+    """:func:`model_groups` keeping only state-space models (mlp_ode: ``lift`` + ``block``)."""
+    return model_groups(ctx, e, what, state_model=True)
+
+
+def model_groups(ctx, e, what: str, state_model: bool = False):
     """For model-based kinds: yield ``(suffix, title_part, hue, [(cell, run row, model, task, config)])`` per
     split group, one entry per cell whose chosen run (``seed:`` or the first finished) has a loadable
-    state-space model; cells without one get a note naming ``what`` is missing."""
+    model (a state-space one if ``state_model``); cells without one get a note naming ``what`` is missing."""
     from ..output import default_hue, split_groups
     from ._common import make_cells, split_by_default
 
@@ -92,7 +97,7 @@ def state_model_groups(ctx, e, what: str):
             except ModelUnavailable as ex:
                 ctx.note(str(ex))
                 continue
-            if not is_state_model(model):
+            if state_model and not is_state_model(model):
                 ctx.note(f"{c.label}: {what} needs a state-space model (mlp_ode), got {cfg['model']['name']!r}.")
                 continue
             items.append((c, row, model, task, cfg))

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..registry import register_report
-from ._model import ModelUnavailable, inputs, load_model, pick_run
+from ._model import inputs, model_groups
 
 
 def _check(e):
@@ -27,23 +27,9 @@ def _check(e):
                  doc="classifier of 2-D inputs: predicted class (shade = confidence) over the plane with train "
                      "(filled) and held-out (hollow, x = misclassified) points; one panel per cell")
 def render(ctx, e):
-    from ..output import default_hue, split_groups
-    from ._common import make_cells, split_by_default
-
-    split_by = split_by_default(ctx, e["split_by"])
-    hue = default_hue(ctx.data, ctx.runs, e["hue"])
-    for suffix, title_part, runs in split_groups(ctx.runs, split_by):
+    for suffix, title_part, hue, items in model_groups(ctx, e, "decision regions"):
         panels = []
-        for c in make_cells(ctx, runs, hue, exclude=(split_by,) if split_by else ()):
-            row = pick_run(c, e["seed"])
-            if row is None:
-                ctx.note(f"{c.label}: {c.status_text} — no decision regions.")
-                continue
-            try:
-                model, task, cfg = load_model(ctx, row)
-            except ModelUnavailable as ex:
-                ctx.note(str(ex))
-                continue
+        for c, row, model, task, cfg in items:
             if getattr(task, "kind", "") != "classification":
                 ctx.note(f"{c.label}: decision_regions needs a classification task, got {task.name!r}.")
                 continue
