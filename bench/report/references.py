@@ -34,6 +34,19 @@ def load_reference(name: str, base: Optional[Path] = None) -> pd.DataFrame:
     return pd.read_csv(reference_path(name, base), comment="#")
 
 
+def suite_reference(ctx, name: Optional[str], need) -> Optional[pd.DataFrame]:
+    """The reference a report entry names (bundled, or a CSV beside the suite), or None when it names
+    none or the table lacks a ``need``ed column (then a note in the report says which)."""
+    if not name:
+        return None
+    ref = load_reference(name, Path(ctx.data.suite.path).parent)
+    missing = sorted(set(need) - set(ref.columns))
+    if missing:
+        ctx.note(f"Reference {name!r} lacks column(s) {', '.join(missing)}: not shown.")
+        return None
+    return ref
+
+
 def check_reference(name) -> List[str]:
     if name is None:
         return []

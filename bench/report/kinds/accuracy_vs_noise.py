@@ -4,14 +4,13 @@ ours when a ``reference`` is named; plus accuracy vs severity, one line per θ."
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ...suite import get_path
 from ..output import hue_colors, hue_value, json_key, key_label, mean_std, fmt_num
-from ..references import check_reference, load_reference
+from ..references import check_reference, suite_reference
 from ..registry import register_report
 from ._common import make_cells, mean_sd
 
@@ -67,15 +66,9 @@ def render(ctx, e):
     cols_key = e["cols"]
     scale = float(e["scale"])
     dec = int(e["decimals"])
-    ref = None
-    if e["reference"]:
-        ref = load_reference(e["reference"], Path(data.suite.path).parent)
-        need = {"metric", "value", "severity", cols_key}
-        if not need <= set(ref.columns):
-            ctx.note(f"Reference {e['reference']!r} lacks column(s) {', '.join(sorted(need - set(ref.columns)))}: not shown.")
-            ref = None
-        elif "corruption" in ref.columns:
-            ref = ref[ref["corruption"] == name]
+    ref = suite_reference(ctx, e["reference"], {"metric", "value", "severity", cols_key})
+    if ref is not None and "corruption" in ref.columns:
+        ref = ref[ref["corruption"] == name]
     # groups: the varying keys other than cols (one table each)
     cells = make_cells(ctx, runs, cols_key)
     other = {}
@@ -85,8 +78,7 @@ def render(ctx, e):
         other.setdefault(" ".join(rest), []).append(c)
     for gi, (glabel, gcells) in enumerate(other.items()):
         suffix = "" if len(other) == 1 else f"{gi + 1}"
-        sevs = sorted(set(sub[sub["spec_hash"].isin(pd.concat([c.runs for c in gcells])["spec_hash"])]["severity"]) |
-                      (set(ref["severity"]) if ref is not None and False else set()))
+        sevs = sorted(set(sub[sub["spec_hash"].isin(pd.concat([c.runs for c in gcells])["spec_hash"])]["severity"]))
         if not sevs:  # no finished run in this group: say so instead of writing an empty table
             ctx.note(f"{glabel or 'all cells'}: " + "; ".join(f"{c.label}: {c.status_text}" for c in gcells)
                      + f" — no {name} accuracy to tabulate.")

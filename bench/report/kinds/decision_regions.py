@@ -73,10 +73,10 @@ def _figure(ctx, panels, e, title_part, suffix):
         k_max = max(k_max, k)
         colors = plt.get_cmap("tab10" if k > 2 else "coolwarm")(np.linspace(0, 1, k) if k <= 2 else np.arange(k))
         if k == 2:  # shade = P(class 1) in bands (flat bands keep the PNG small): boundary = the 0.5 contour
-            cs = ax.contourf(X, Y, prob[:, 1].reshape(X.shape).numpy(), levels=[0.0, 0.1, 0.5, 0.9, 1.0],
+            p1 = prob[:, 1].reshape(X.shape).numpy()
+            cs = ax.contourf(X, Y, p1, levels=[0.0, 0.1, 0.5, 0.9, 1.0],
                              colors=["#8fa8e8", "#c9d5f5", "#f5c9c4", "#e8958c"], vmin=0, vmax=1)
-            ax.contour(X, Y, prob[:, 1].reshape(X.shape).numpy(), levels=[0.5], colors="black",
-                       linewidths=0.9).set_rasterized(True)
+            ax.contour(X, Y, p1, levels=[0.5], colors="black", linewidths=0.9).set_rasterized(True)
         else:
             cls = prob.argmax(1).reshape(X.shape).numpy()
             cs = ax.contourf(X, Y, cls, levels=np.arange(k + 1) - 0.5, cmap=ListedColormap(colors), alpha=0.45)

@@ -9,6 +9,7 @@ import pandas as pd
 
 from ...suite import get_path
 from ..output import hue_colors, json_key, key_label, mean_std
+from ..references import check_reference, suite_reference
 from ..registry import register_report
 from ._common import mean_sd, _sort_key
 
@@ -25,8 +26,6 @@ def _paper_depth(cfg):
 
 
 def _check(e):
-    from ..references import check_reference
-
     errs = [] if isinstance(e["metric"], str) else [f"metric: must be a metric name such as top1 (got {e['metric']!r})"]
     return errs + check_reference(e.get("reference"))
 
@@ -71,17 +70,7 @@ def render(ctx, e):
             if (e["corruptions"] is None or c in e["corruptions"]) and s != 0:
                 levels.append((c, s))
     tasks = list(dict.fromkeys(runs["_task"]))
-    ref = None
-    if e["reference"]:
-        from pathlib import Path
-
-        from ..references import load_reference
-
-        ref = load_reference(e["reference"], Path(data.suite.path).parent)
-        need = {"task", "model.variant", "depth", "metric", "value"}
-        if not need <= set(ref.columns):
-            ctx.note(f"Reference {e['reference']!r} lacks column(s) {', '.join(sorted(need - set(ref.columns)))}: not shown.")
-            ref = None
+    ref = suite_reference(ctx, e["reference"], {"task", "model.variant", "depth", "metric", "value"})
     disp, num = [], []
     for colv in sorted(dict.fromkeys(runs["_col"]), key=_sort_key):
         for rowv in sorted(dict.fromkeys(runs.loc[runs["_col"] == colv, "_row"]), key=_sort_key):

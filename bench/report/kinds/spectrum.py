@@ -69,11 +69,11 @@ def render(ctx, e):
 def _regions_figure(ctx, thetas, e):
     import matplotlib.pyplot as plt
 
-    n = len(thetas)
-    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.3), squeeze=False)
     from matplotlib.lines import Line2D
     from matplotlib.patches import Circle, Patch, Rectangle
 
+    n = len(thetas)
+    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.3), squeeze=False)
     re, im = (-4.0, 4.0), (-3.0, 3.0)
     for ax, th in zip(axes[0], thetas):
         # red: where the fixed-point iteration of the layer contracts, θ|z| < 1 (eq 18 for the test equation)
