@@ -199,3 +199,18 @@ def test_anderson_survives_samples_that_diverge():
     y, st = get_nonlinear("anderson")(g, x.clone(), tol=1e-6, max_iter=50)
     assert torch.isfinite(y).all()
     assert st.converged.tolist() == [True, False]
+
+
+def test_gmres_scaling_is_exact():
+    """The internal rescaling is by a power of two, so GMRES on b·2^k is bit-for-bit GMRES on b times 2^k:
+    results (and committed reports) do not move with the scale of the right-hand side."""
+    n = 8
+    g = torch.Generator().manual_seed(7)
+    Amat = torch.eye(n) + 0.2 * torch.randn(2, n, n, generator=g)
+    A = lambda v: torch.einsum("bij,bj->bi", Amat, v)  # noqa: E731
+    b = torch.randn(2, n, generator=g)
+    v, st = get_linear("gmres")(A, b, tol=1e-6, max_iter=6, restart=3)
+    for k in (-100, -3, 5):
+        vk, stk = get_linear("gmres")(A, torch.ldexp(b, torch.tensor(k)), tol=1e-6, max_iter=6, restart=3)
+        assert torch.equal(torch.ldexp(vk, torch.tensor(-k)), v)
+        assert torch.equal(stk.residual, st.residual) and stk.iterations == st.iterations

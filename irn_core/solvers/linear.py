@@ -84,11 +84,12 @@ def gmres(A: LinOp, b: torch.Tensor, *, tol: float = 1e-6, max_iter: int = 50, m
     B, n = shape[0], b[0].numel()
     dt, dev = b.dtype, b.device
     tiny = torch.finfo(dt).tiny ** 0.5
-    # GMRES is scale-invariant: solve for b / ‖b‖ so that right-hand sides far below 1 (gradients of
-    # ~1e-30 occur in training) do not fall under the breakdown threshold; rescale at the end.
-    # (the scale is max|b|, whose quotient cannot underflow, unlike ‖b‖² of a float32 1e-30 vector).
-    amax = b.reshape(B, n).abs().amax(dim=1)
-    scale = torch.where(amax > 0, amax, torch.ones_like(amax))[:, None]
+    # GMRES is scale-invariant: solve for b / s so that right-hand sides far below 1 (gradients of ~1e-30
+    # occur in training) do not fall under the breakdown threshold; rescale at the end. s is the power of
+    # two nearest max|b| (not ‖b‖, whose square underflows for a float32 1e-30 vector): scaling by it is
+    # exact, so every iterate is bit-for-bit the unscaled one times 1/s and results do not change.
+    _, expo = torch.frexp(b.reshape(B, n).abs().amax(dim=1))  # max|b| = m·2^expo, m in [0.5, 1); 0 -> expo 0
+    scale = torch.ldexp(torch.ones(B, dtype=dt, device=dev), expo)[:, None]
     bf = b.reshape(B, n) / scale
     bnorm_s = bf.norm(dim=1)
 
