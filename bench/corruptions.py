@@ -6,7 +6,7 @@ model's normalisation, as in the authors' code) and clamp to ``clamp`` (default 
 
 | name        | severity key | definition                                                          |
 |-------------|--------------|---------------------------------------------------------------------|
-| gaussian    | std          | x + std·N(0, 1)                                                     |
+| gaussian    | std          | x + std·N(0, 1)   (``repeats: k``: k independent draws per image, metrics over all) |
 | uniform     | eps          | x + U(−eps, eps)                                                    |
 | salt_pepper | amount       | each element, with probability amount, set to the low/high end (½/½)|
 | structured  | eps          | x + eps·x̂, x̂ = the input of dataset[image_index] (one fixed image)  |
@@ -92,6 +92,7 @@ class Context:
 
 class Gaussian(Corruption):
     name, severity_key = "gaussian", "std"
+    defaults = {"clamp": "auto", "repeats": 1}
 
     def apply(self, x, severity, ctx):
         if severity == 0:
@@ -101,6 +102,7 @@ class Gaussian(Corruption):
 
 class Uniform(Corruption):
     name, severity_key = "uniform", "eps"
+    defaults = {"clamp": "auto", "repeats": 1}
 
     def apply(self, x, severity, ctx):
         if severity == 0:
@@ -110,7 +112,7 @@ class Uniform(Corruption):
 
 class SaltPepper(Corruption):
     name, severity_key = "salt_pepper", "amount"
-    defaults = {"clamp": "auto", "salt_vs_pepper": 0.5}
+    defaults = {"clamp": "auto", "salt_vs_pepper": 0.5, "repeats": 1}
 
     def apply(self, x, severity, ctx):
         if severity == 0:
@@ -217,6 +219,9 @@ def parse_spec(spec: Dict[str, Dict[str, Any]]) -> List[Tuple[Corruption, List[f
         sev = [float(s) for s in (sev if isinstance(sev, (list, tuple)) else [sev])]
         if any(s < 0 for s in sev):
             raise ValueError(f"severities of {name!r} must be >= 0, got {sev}")
+        reps = opts.get("repeats", 1)
+        if isinstance(reps, bool) or not isinstance(reps, int) or reps < 1:
+            raise ValueError(f"repeats of {name!r} (independent draws per image) must be an integer >= 1, got {reps!r}")
         out.append((cls(**opts), sev))
     return out
 
@@ -246,15 +251,17 @@ def evaluate_corruptions(model: nn.Module, task: Task, dataset: Dataset, spec: D
             if not 0 <= idx < len(dataset):
                 raise ValueError(f"structured image_index {idx} outside the dataset (size {len(dataset)})")
             fixed = torch.as_tensor(dataset[idx][0])
+        repeats = int(corr.opts.get("repeats", 1))
         for sev in severities:
             gen = torch.Generator().manual_seed(_seed_for(seed, corr.name, sev))
             sums = []
-            for xb, yb in loader:
-                x, y = xb.to(device), yb.to(device)
-                ctx = Context(model, task, y, gen, device, bounds, fixed)
-                xc = corr.apply(x, sev, ctx)
-                with torch.no_grad():
-                    sums.append(task.metrics(task.forward(model, xc, y), y))
+            for _ in range(repeats if sev != 0 else 1):  # severity 0 is the identity: one pass
+                for xb, yb in loader:
+                    x, y = xb.to(device), yb.to(device)
+                    ctx = Context(model, task, y, gen, device, bounds, fixed)
+                    xc = corr.apply(x, sev, ctx)
+                    with torch.no_grad():
+                        sums.append(task.metrics(task.forward(model, xc, y), y))
             agg = aggregate(sums)
             rows.extend({"corruption": corr.name, "severity": sev, "metric": k, "value": v}
                         for k, v in agg.items() if k != "n")

@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-__all__ = ["MLPField", "ConvField", "ACTIVATIONS", "make_activation"]
+__all__ = ["MLPField", "ConvField", "ACTIVATIONS", "make_activation", "xavier_unit_frobenius_"]
 
 ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -29,6 +29,21 @@ def make_activation(name: str) -> nn.Module:
     if name not in ACTIVATIONS:
         raise ValueError(f"unknown activation {name!r}; valid: {', '.join(sorted(ACTIVATIONS))}")
     return ACTIVATIONS[name]()
+
+
+@torch.no_grad()
+def xavier_unit_frobenius_(module: nn.Module) -> nn.Module:
+    """The authors' initialisation of a field (AUTHORS-CODE §1.3, rhs.py:68-81): every parameter whose
+    name contains ``weight`` is drawn Xavier-uniform, then drawn again with gain 1/‖W₀‖_F of the first draw
+    (so ‖W‖_F ≈ 1); every other parameter (biases) is set to zero. Draws from torch's global RNG in
+    ``named_parameters`` order. Returns ``module``."""
+    for name, p in module.named_parameters():
+        if "weight" in name.rsplit(".", 1)[-1] and p.dim() >= 2:
+            nn.init.xavier_uniform_(p)
+            nn.init.xavier_uniform_(p, gain=1.0 / float(p.norm()))
+        else:
+            p.zero_()
+    return module
 
 
 class MLPField(nn.Module):

@@ -28,6 +28,7 @@ from .solvers.nonlinear import NONLINEAR_SOLVERS
 __all__ = ["ThetaLayer", "ImplicitBlock", "ConvergenceWarning", "PHIS", "assign_names", "solver_stats", "implicit_layers"]
 
 PHIS = ("one_leg", "convex")
+INITIAL_GUESSES = ("explicit", "previous")
 NONCONVERGENCE_POLICIES = ("warn", "raise", "ignore")
 
 SolverArg = Union[str, Dict[str, Any], SolverSpec]
@@ -66,7 +67,10 @@ def phi_value(field: nn.Module, x: torch.Tensor, y: torch.Tensor, theta: float, 
 class _Stepper:
     """The configuration shared by ThetaLayer and ImplicitBlock: θ, Φ, solvers, policy, stats."""
 
-    def _configure(self, theta, phi, solver, backward, on_nonconvergence, name):
+    def _configure(self, theta, phi, solver, backward, on_nonconvergence, name, initial_guess="explicit"):
+        if initial_guess not in INITIAL_GUESSES:
+            raise ValueError(f"initial_guess must be one of {', '.join(INITIAL_GUESSES)}, got {initial_guess!r}")
+        self.initial_guess = initial_guess
         self.theta = _check_theta(theta)
         self.phi = _check_phi(phi)
         self.solver = NONLINEAR_SOLVERS.resolve(DEFAULT_SOLVER if solver is None else solver)
@@ -110,8 +114,9 @@ class _Stepper:
             record_bwd.append(None)
             return x + h * field(x)
         with torch.no_grad():
-            fx = field(x)
-            y0 = x + h * fx  # the explicit step: "no worse than an explicit layer"
+            fx = field(x) if (phi == "convex" or self.initial_guess == "explicit") else None
+            # the explicit step ("no worse than an explicit layer"), or the previous state (the authors' z₀ = x)
+            y0 = x + h * fx if self.initial_guess == "explicit" else x
             if phi == "one_leg":
                 if theta == 1.0:
                     g = lambda y: x + h * field(y)  # noqa: E731
@@ -124,7 +129,7 @@ class _Stepper:
                 y, stats = self.solver(g, y0)
             except SolverError as e:
                 raise SolverError(f"{self.layer_name}: forward solve failed: {e}") from e
-            stats.nfe += 1
+            stats.nfe += int(fx is not None)
         if not bool(torch.isfinite(y).all()):
             raise SolverError(f"{self.layer_name}: forward solve ({stats.solver}) returned NaN/Inf")
         record.append(stats)
@@ -169,6 +174,8 @@ class ThetaLayer(_Stepper, nn.Module):
         solver: nonlinear solver, a registered name or ``{"name": ..., "tol": ..., "max_iter": ..., **opts}``.
         backward: linear solver of the IFT backward, same forms.
         on_nonconvergence: ``"warn"`` (once per layer and call-site), ``"raise"`` or ``"ignore"``.
+        initial_guess: ``"explicit"`` (the solve starts from x + hF(x)) or ``"previous"`` (from x, as the
+            authors' code: AUTHORS-CODE §1.5).
 
     After each call ``last_stats`` holds the forward SolverStats (None at θ = 0) and, once backward has
     run, ``last_backward_stats`` the backward ones.
@@ -176,9 +183,9 @@ class ThetaLayer(_Stepper, nn.Module):
 
     def __init__(self, field: nn.Module, theta: float = 0.5, h: float = 1.0, phi: str = "one_leg",
                  solver: Optional[SolverArg] = None, backward: Optional[SolverArg] = None,
-                 on_nonconvergence: str = "warn", name: Optional[str] = None):
+                 on_nonconvergence: str = "warn", name: Optional[str] = None, initial_guess: str = "explicit"):
         nn.Module.__init__(self)
-        self._configure(theta, phi, solver, backward, on_nonconvergence, name)
+        self._configure(theta, phi, solver, backward, on_nonconvergence, name, initial_guess)
         self.field = field
         self.h = float(h)
         self._fwd: List[Optional[SolverStats]] = []
@@ -222,9 +229,9 @@ class ImplicitBlock(_Stepper, nn.Module):
     def __init__(self, field: Union[nn.Module, Sequence[nn.Module]], steps: int, theta: float = 0.5,
                  h: Optional[float] = None, horizon: Optional[float] = None, phi: str = "one_leg",
                  solver: Optional[SolverArg] = None, backward: Optional[SolverArg] = None,
-                 on_nonconvergence: str = "warn", name: Optional[str] = None):
+                 on_nonconvergence: str = "warn", name: Optional[str] = None, initial_guess: str = "explicit"):
         nn.Module.__init__(self)
-        self._configure(theta, phi, solver, backward, on_nonconvergence, name)
+        self._configure(theta, phi, solver, backward, on_nonconvergence, name, initial_guess)
         steps = int(steps)
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")

@@ -32,6 +32,7 @@ from torch import nn
 __all__ = [
     "SpectralNorm", "spectral_normalize", "update_normalization", "normalization_scope", "frozen_normalization",
     "power_iteration", "conv2d_adjoint", "EigenRangeField", "LInfParam", "linf_log_norm", "check_eig_range",
+    "EigenGates", "GatedEigenRangeField", "eig_limits_from_stability",
 ]
 
 # --------------------------------------------------------------------------------------------------
@@ -181,7 +182,8 @@ def power_iteration(A: Callable[[torch.Tensor], torch.Tensor], v: torch.Tensor, 
 # --------------------------------------------------------------------------------------------------
 
 class SpectralNorm(nn.Module):
-    """W̃ = W / max(1, σ/α), σ = ‖A_W v‖ ≈ ‖W‖₂ (journal §2.4.1, Algorithm 1).
+    """W̃ = W / max(1, σ/α), σ = ‖A_W v‖ ≈ ‖W‖₂ (journal §2.4.1, Algorithm 1); with ``exact=True``
+    W̃ = α·W/σ always (‖W̃‖₂ = α exactly, as the authors' code divides by σ: AUTHORS-CODE §1.4).
 
     Wraps ``nn.Linear`` (v ∈ R^{in_features}) or ``nn.Conv2d`` (v of the input shape (C, H, W): the
     norm of the convolution *as an operator on that shape*; given as ``input_shape`` or taken from the
@@ -191,7 +193,8 @@ class SpectralNorm(nn.Module):
     """
 
     def __init__(self, module: nn.Module, alpha: float = 1.0, n_power_iterations: int = 1,
-                 input_shape: Optional[Sequence[int]] = None, init_iterations: int = 10, eps: float = 1e-12):
+                 input_shape: Optional[Sequence[int]] = None, init_iterations: int = 10, eps: float = 1e-12,
+                 exact: bool = False):
         super().__init__()
         if not isinstance(module, (nn.Linear, nn.Conv2d)):
             raise TypeError(f"SpectralNorm supports nn.Linear and nn.Conv2d, got {type(module).__name__}")
@@ -199,6 +202,7 @@ class SpectralNorm(nn.Module):
             raise ValueError(f"spectral norm bound alpha must be positive, got {alpha}")
         self.module = module
         self.alpha = float(alpha)
+        self.exact = bool(exact)
         self.n_power_iterations = int(n_power_iterations)
         self.init_iterations = int(init_iterations)
         self.eps = eps
@@ -261,6 +265,8 @@ class SpectralNorm(nn.Module):
     def normalized_weight(self) -> torch.Tensor:
         W = self.module.weight
         sigma = self.sigma_estimate()
+        if self.exact:
+            return W * (self.alpha / sigma.clamp_min(self.eps))
         return W / torch.clamp(sigma / self.alpha, min=1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -277,18 +283,20 @@ class SpectralNorm(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
-        return f"alpha={self.alpha}, n_power_iterations={self.n_power_iterations}, v_shape={tuple(self.v.shape)}"
+        return (f"alpha={self.alpha}, exact={self.exact}, n_power_iterations={self.n_power_iterations}, "
+                f"v_shape={tuple(self.v.shape)}")
 
 
 def spectral_normalize(module: nn.Module, alpha: float = 1.0, n_power_iterations: int = 1,
-                       input_shape: Optional[Sequence[int]] = None, init_iterations: int = 10) -> nn.Module:
+                       input_shape: Optional[Sequence[int]] = None, init_iterations: int = 10,
+                       exact: bool = False) -> nn.Module:
     """Wrap every ``nn.Linear``/``nn.Conv2d`` in ``module`` (in place) with :class:`SpectralNorm`.
 
     Each gets the bound ``alpha`` (so a composition of n layers and 1-Lipschitz activations is
-    αⁿ-Lipschitz). ``input_shape`` is only used for a convolution that *is* ``module``. Returns the
-    (possibly new) module; already normalised layers are left alone.
+    αⁿ-Lipschitz; ``exact``: normalised to α exactly). ``input_shape`` is only used for a convolution
+    that *is* ``module``. Returns the (possibly new) module; already normalised layers are left alone.
     """
-    kw = dict(alpha=alpha, n_power_iterations=n_power_iterations, init_iterations=init_iterations)
+    kw = dict(alpha=alpha, n_power_iterations=n_power_iterations, init_iterations=init_iterations, exact=exact)
     if isinstance(module, SpectralNorm):
         return module
     if isinstance(module, (nn.Linear, nn.Conv2d)):
@@ -299,7 +307,7 @@ def spectral_normalize(module: nn.Module, alpha: float = 1.0, n_power_iterations
         if isinstance(child, (nn.Linear, nn.Conv2d)):
             setattr(module, name, SpectralNorm(child, **kw))
         else:
-            spectral_normalize(child, alpha, n_power_iterations, None, init_iterations)
+            spectral_normalize(child, alpha, n_power_iterations, None, init_iterations, exact)
     return module
 
 
@@ -379,6 +387,103 @@ class EigenRangeField(nn.Module):
 
     def extra_repr(self) -> str:
         return f"eig_range=({self.alpha}, {self.beta}), learnable_scale={self.learnable_scale}"
+
+
+def eig_limits_from_stability(theta: float, stability_limits: Sequence[float], clip: float = 10.0) -> Tuple[float, ...]:
+    """Eigenvalue limits z of ∂F whose θ-method amplification R(z) = (1 + (1−θ)z)/(1 − θz) equals the given
+    stability limits y (R(z) = y ⇔ z = (1 − y)/((1 − y)θ − 1)), clipped to [−clip, clip] — the authors'
+    ``--stablim`` (AUTHORS-CODE §2.4: θ = 1 and (0.2, 1, 1.2) give (−4, 0, 0.1667))."""
+    theta = float(theta)
+    out = []
+    for y in stability_limits:
+        y = float(y)
+        den = (1.0 - y) * theta - 1.0
+        z = (1.0 - y) / den if den != 0.0 else -math.inf
+        out.append(float(min(max(z, -clip), clip)))
+    return tuple(out)
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1.0 - p))
+
+
+class EigenGates(nn.Module):
+    """The gates of :class:`GatedEigenRangeField`, shareable by the time-indexed fields of one block.
+
+    ``limits = (λ_min, λ_init, λ_max)``; end points a = λ_init + σ(ψ_a)(λ_min − λ_init), b = λ_init +
+    σ(ψ_b)(λ_max − λ_init); scale S = σ(ϑ) of ``shape``. Fixed gates are buffers at σ = 0.99 (so a field with
+    nothing learnable is 0.99·0.99 = 0.9801·F between ±1). ``learnable_ends``: ψ_a, ψ_b are parameters
+    started so that the disc is symmetric about λ_init with radius 0.1(λ_max − λ_init);
+    ``learnable_scale``: ϑ is a parameter started at S = 0.5. (AUTHORS-CODE §1.1, rhs.py:37-65.)
+    """
+
+    def __init__(self, limits: Sequence[float] = (-1.0, 0.0, 1.0), shape: Union[int, Sequence[int]] = (1,),
+                 learnable_scale: bool = False, learnable_ends: bool = False):
+        super().__init__()
+        limits = tuple(float(v) for v in limits)
+        if len(limits) == 2:
+            limits = (limits[0], 0.5 * (limits[0] + limits[1]), limits[1])
+        if len(limits) != 3 or not all(math.isfinite(v) for v in limits) or not limits[0] < limits[1] < limits[2]:
+            raise ValueError(f"limits must be (min, init, max) finite with min < init < max (or (min, max)), "
+                             f"got {limits!r}")
+        self.limits = limits
+        shape = (int(shape),) if isinstance(shape, int) else tuple(int(s) for s in shape)
+        lo, c, hi = limits
+        if learnable_ends:
+            pa, pb = 0.1 * (hi - c) / (c - lo), 0.1
+        else:
+            pa = pb = 0.99
+        if not 0.0 < pa < 1.0:
+            raise ValueError(f"limits {limits!r}: the symmetric initial disc does not fit below the centre")
+        self.learnable_scale, self.learnable_ends = bool(learnable_scale), bool(learnable_ends)
+        for name, value, learn in (("shift_a", torch.tensor(_logit(pa)), learnable_ends),
+                                   ("shift_b", torch.tensor(_logit(pb)), learnable_ends),
+                                   ("scales", torch.full(shape, _logit(0.5 if learnable_scale else 0.99)),
+                                    learnable_scale)):
+            if learn:
+                setattr(self, name, nn.Parameter(value))
+            else:
+                self.register_buffer(name, value)
+
+    def ends(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(a, b): the current eigenvalue interval of the wrapped field."""
+        lo, c, hi = self.limits
+        return c + torch.sigmoid(self.shift_a) * (lo - c), c + torch.sigmoid(self.shift_b) * (hi - c)
+
+    def scale(self) -> torch.Tensor:
+        return torch.sigmoid(self.scales)
+
+    def extra_repr(self) -> str:
+        return (f"limits={self.limits}, shape={tuple(self.scales.shape)}, learnable_scale={self.learnable_scale}, "
+                f"learnable_ends={self.learnable_ends}")
+
+
+class GatedEigenRangeField(nn.Module):
+    """F^{a,b}(y) = ½[(b − a) S ⊙ F(y) + (a + b) y] with gated end points a, b (:class:`EigenGates`) — eq 19
+    as the authors' code implements it (AUTHORS-CODE §1.1). With F 1-Lipschitz (``spectral_norm``) every
+    eigenvalue of ∂F^{a,b}/∂y lies in the disc of centre (a+b)/2 and radius (b−a)/2·max S ⊂ [a, b] × iR.
+
+    ``spectral_norm``: ``"exact"`` (W/σ, the authors'), ``"bound"`` (W/max(1, σ), the paper's) or ``None``.
+    ``gates`` may be shared between the time-indexed fields of one block (the authors' rhs wraps them all).
+    """
+
+    def __init__(self, field: nn.Module, gates: EigenGates, spectral_norm: Optional[str] = "exact",
+                 n_power_iterations: int = 1, init_iterations: int = 5, input_shape: Optional[Sequence[int]] = None):
+        super().__init__()
+        if spectral_norm not in ("exact", "bound", None):
+            raise ValueError(f"spectral_norm must be 'exact', 'bound' or null, got {spectral_norm!r}")
+        if spectral_norm is not None:
+            _lipschitz_warnings(field)
+            field = spectral_normalize(field, 1.0, n_power_iterations, input_shape, init_iterations,
+                                       exact=spectral_norm == "exact")
+        self.field, self.gates, self.spectral_norm = field, gates, spectral_norm
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        a, b = self.gates.ends()
+        return 0.5 * ((b - a) * self.gates.scale() * self.field(y) + (a + b) * y)
+
+    def extra_repr(self) -> str:
+        return f"spectral_norm={self.spectral_norm}"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -35,8 +35,9 @@ __all__ = [
 
 # name -> accepted options (and their defaults)
 REGULARIZERS: Dict[str, Dict[str, object]] = {
-    "divergence": {"weight": 0.0, "p": 0.0, "samples": 1},
-    "jacobian": {"weight": 0.0, "samples": 1},
+    "divergence": {"weight": 0.0, "p": 0.0, "samples": 1, "time_weights": "t/T", "states": "attached",
+                   "field_time": "step_end"},
+    "jacobian": {"weight": 0.0, "samples": 1, "states": "attached", "field_time": "step_end"},
     "tv": {"weight": 0.0},
     "convergence_rate": {"weight": 0.0, "rate": 0.5, "iterations": 3},
     "nemon_lipschitz": {"weight": 0.0},
@@ -56,7 +57,20 @@ def check_config(config: Mapping[str, Mapping[str, object]]) -> Dict[str, Dict[s
         out[name] = {**REGULARIZERS[name], **opts}
         if int(out[name].get("samples", 1)) < 1:
             raise ValueError(f"regularizer {name!r}: samples must be >= 1")
+        for key, allowed in _CHOICES.items():
+            if key in out[name] and out[name][key] not in allowed:
+                raise ValueError(f"regularizer {name!r}: {key} must be one of {', '.join(allowed)}, "
+                                 f"got {out[name][key]!r}")
     return out
+
+
+# the trajectory options (AUTHORS-CODE §1.6 gives the authors' choice, the second of each):
+#   time_weights  c_t = (t/T)^p (eq 20) | ((t+1)/(T+1))^p (ode.py:389)
+#   states        regularise at the states with their graph (gradient reaches y_t) | detached (calc.py:39)
+#   field_time    at point t use the field of the step ending at t (γ_0 := γ_1) | starting at t (γ_{T+1} := γ_T;
+#                 the authors' time-indexed rhs(t), index ⌊t/h⌋ clamped)
+_CHOICES = {"time_weights": ("t/T", "(t+1)/(T+1)"), "states": ("attached", "detached"),
+            "field_time": ("step_end", "step_start")}
 
 
 def _randn(like: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -110,13 +124,20 @@ def _trajectory_of(layer: _Stepper, trajectory: Optional[Sequence[torch.Tensor]]
 def trajectory_penalty(layer: _Stepper, trajectory: Optional[Sequence[torch.Tensor]] = None, *,
                        divergence: float = 0.0, p: float = 0.0, jacobian: float = 0.0,
                        div_samples: int = 1, jac_samples: int = 1,
-                       generator: Optional[torch.Generator] = None) -> Dict[str, torch.Tensor]:
+                       generator: Optional[torch.Generator] = None, time_weights: str = "t/T",
+                       states: str = "attached", field_time: str = "step_end") -> Dict[str, torch.Tensor]:
     """The divergence and Jacobian terms of eq 20 for one layer: {"divergence": …, "jacobian": …}.
 
-    ``divergence`` = α_div, ``p`` the exponent of (t/T)^p, ``jacobian`` = α_jac. The first
-    max(div_samples, jac_samples) Hutchinson vectors are shared; each term uses its own count.
-    Points with zero weight ((t/T)^p = 0 at t = 0 when p > 0, and no Jacobian term) are skipped.
+    ``divergence`` = α_div, ``p`` the exponent of the time weight c_t = (t/T)^p (``time_weights="t/T"``,
+    eq 20) or ((t+1)/(T+1))^p (``"(t+1)/(T+1)"``, the authors' code), ``jacobian`` = α_jac.
+    ``states="detached"``: the gradient reaches the parameters only, not y_t (the authors'). ``field_time``:
+    at point t the field of the step ending at t (``"step_end"``, γ_0 := γ_1) or starting at t
+    (``"step_start"``, γ_{T+1} := γ_T). The first max(div_samples, jac_samples) Hutchinson vectors are
+    shared; each term uses its own count. Points with zero weight are skipped.
     """
+    for key, val in (("time_weights", time_weights), ("states", states), ("field_time", field_time)):
+        if val not in _CHOICES[key]:
+            raise ValueError(f"{key} must be one of {', '.join(_CHOICES[key])}, got {val!r}")
     traj = _trajectory_of(layer, trajectory)
     T = layer.steps
     w = trapezoid_weights(T)
@@ -128,11 +149,14 @@ def trajectory_penalty(layer: _Stepper, trajectory: Optional[Sequence[torch.Tens
     if n > 0:
         d = _per_sample_dim(ref)
         for t, y in enumerate(traj):
-            cdiv = divergence / d * (t / T) ** p if divergence else 0.0
+            c_t = t / T if time_weights == "t/T" else (t + 1) / (T + 1)
+            cdiv = divergence / d * c_t ** p if divergence else 0.0
             cjac = jacobian / d ** 2 if jacobian else 0.0
             if cdiv == 0.0 and cjac == 0.0:
                 continue
-            field = layer.field_at(max(t, 1))
+            field = layer.field_at(max(t, 1) if field_time == "step_end" else min(t + 1, T))
+            if states == "detached":
+                y = y.detach()
             zs = [_randn(y, generator) for _ in range(n)]
             if cdiv != 0.0 and cjac != 0.0 and div_samples != jac_samples:
                 dv, _ = hutchinson(field, y, z=zs[:div_samples])
@@ -262,13 +286,20 @@ def regularization(model: nn.Module, config: Mapping[str, Mapping[str, object]],
 
     dv, jc = cfg.get("divergence"), cfg.get("jacobian")
     if (dv and dv["weight"]) or (jc and jc["weight"]):
+        shared = {}
+        for key in ("states", "field_time"):
+            vals = {c[key] for c in (dv, jc) if c and c["weight"]}
+            if len(vals) > 1:
+                raise ValueError(f"divergence and jacobian share the trajectory: their {key} must agree, got "
+                                 f"{sorted(vals)}")
+            shared[key] = vals.pop()
         for layer in layers:
             res = trajectory_penalty(
                 layer,
                 divergence=float(dv["weight"]) if dv else 0.0, p=float(dv["p"]) if dv else 0.0,
                 jacobian=float(jc["weight"]) if jc else 0.0,
                 div_samples=int(dv["samples"]) if dv else 1, jac_samples=int(jc["samples"]) if jc else 1,
-                generator=generator)
+                generator=generator, time_weights=dv["time_weights"] if dv else "t/T", **shared)
             for k, v in res.items():
                 add(k, v)
     if "tv" in cfg and cfg["tv"]["weight"]:

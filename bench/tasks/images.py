@@ -21,7 +21,14 @@ from pydantic import Field
 from .base import ImageTask, TaskOptions
 from .data import ImageTensorDataset, load_cifar, load_mnist
 
-__all__ = ["MNISTTask", "CIFAR10Task", "CIFAR100Task", "DigitsTask", "split_indices"]
+__all__ = ["MNISTTask", "CIFAR10Task", "CIFAR100Task", "DigitsTask", "split_indices", "inverse_frequency_weights"]
+
+
+def inverse_frequency_weights(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """w_c ∝ 1/count_c over ``targets``, normalised to sum 1 (classes absent from ``targets`` get 0)."""
+    counts = torch.bincount(targets.long(), minlength=num_classes).double()
+    w = torch.where(counts > 0, 1.0 / counts.clamp_min(1), torch.zeros_like(counts))
+    return (w / w.sum()).float()
 
 
 def split_indices(n_total: int, subset: Optional[int], val_size: int, mode: str, seed: int):
@@ -56,8 +63,12 @@ def _tensor_splits(x_tr, y_tr, x_te, y_te, o, seed, transform=None):
 
 # ------------------------------------------------------------------------------------------ mnist
 class MNISTOptions(_ImageOptions):
-    arch: Literal["resnet18_preact", "mnist_compact", "nemon"] = Field(
-        "resnet18_preact", description="default model: the journal's ResNet-18 or the authors' compact net")
+    arch: Literal["resnet18_preact", "mnist_compact", "mnist_e831e4c", "nemon"] = Field(
+        "resnet18_preact", description="default model: the journal's ResNet-18, the authors' Nov-2020 compact net, "
+                                       "the authors' e831e4c net, or NEMON")
+    class_weights: Literal["none", "inverse_frequency"] = Field(
+        "none", description="cross-entropy class weights: none, or ∝ 1/count over the training set (the authors' "
+                            "e831e4c, ex_MNIST.py:67-80)")
 
 
 def _mnist_like_model(task: ImageTask, arch: str) -> dict:
@@ -69,6 +80,12 @@ def _mnist_like_model(task: ImageTask, arch: str) -> dict:
     if arch == "resnet18_preact":
         return {"name": "resnet18_preact", "width": 8, "in_channels": task.input_shape[0],
                 "num_classes": task.num_classes, "image_size": side, "normalize": norm, "layer": implicit}
+    if arch == "mnist_e831e4c":  # AUTHORS-CODE §1.5: z₀ = x, ‖r‖² ≤ 1e-6 per sample (= ‖r‖ ≤ 1e-3), L-BFGS
+        return {"name": "mnist_e831e4c", "in_channels": task.input_shape[0], "num_classes": task.num_classes,
+                "image_size": side, "layer": {
+                    "theta": 0.5, "initial_guess": "previous",
+                    "solver": {"name": "lbfgs", "tol": 1e-3, "max_iter": 200, "mode": "abs", "history_size": 10},
+                    "backward": {"name": "gmres", "tol": 1e-6, "max_iter": 50}}}
     if arch == "mnist_compact":
         return {"name": "mnist_compact", "channels": [8, 16, 32], "in_channels": task.input_shape[0],
                 "num_classes": task.num_classes, "image_size": side, "normalize": norm, "layer": implicit}
@@ -85,11 +102,23 @@ class MNISTTask(ImageTask):
     input_shape = (1, 28, 28)
     mean, std = (0.1307,), (0.3081,)
 
+    _class_weight: Optional[torch.Tensor] = None
+
     def data(self, seed: int = 0):
         o = self.options
         x_tr, y_tr = load_mnist(o.root, train=True, download=o.download)
         x_te, y_te = load_mnist(o.root, train=False, download=o.download)
-        return _tensor_splits(x_tr, y_tr, x_te, y_te, o, seed)
+        splits = _tensor_splits(x_tr, y_tr, x_te, y_te, o, seed)
+        if o.class_weights == "inverse_frequency":
+            self._class_weight = inverse_frequency_weights(splits[0].targets, self.num_classes)
+        return splits
+
+    def loss(self, output, target):
+        if self.options.class_weights == "none":
+            return F.cross_entropy(output, target)
+        if self._class_weight is None:
+            raise RuntimeError("class_weights: inverse_frequency needs the training set: call data() first")
+        return F.cross_entropy(output, target, weight=self._class_weight.to(output.device, output.dtype))
 
     def default_model(self):
         return _mnist_like_model(self, self.options.arch)

@@ -8,7 +8,7 @@ builder's keyword options (each builder's docstring lists them). Unknown names a
 ValueError listing the valid ones. Every implicit layer is named after its module path
 (:func:`irn_core.layers.assign_names`) and the config is kept as ``model.config``.
 
-Models: mlp_ode, resnet18_preact, mnist_compact, resnet_ds, nemon.
+Models: mlp_ode, resnet18_preact, mnist_compact, mnist_e831e4c, resnet_ds, nemon.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from torch import nn
 
 from ..layers import assign_names
 from .common import check_kwargs
-from .conv import mnist_compact, resnet18_preact
+from .conv import mnist_compact, mnist_e831e4c, resnet18_preact
 from .mlp_ode import MLPODE, mlp_ode
 
 __all__ = ["MODELS", "register_model", "get_model", "build_model", "model_names", "layer_kind", "MLPODE"]
@@ -75,6 +75,7 @@ def build_model(config: Dict[str, Any]) -> nn.Module:
 register_model("mlp_ode")(mlp_ode)
 register_model("resnet18_preact")(resnet18_preact)
 register_model("mnist_compact")(mnist_compact)
+register_model("mnist_e831e4c")(mnist_e831e4c)
 
 try:  # models over the ResNet-D/-S and NEMON parts of irn_core.variants
     from . import ds_nemon as _ds_nemon  # noqa: F401  (registers resnet_ds and nemon)

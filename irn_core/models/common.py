@@ -8,6 +8,7 @@ The ``layer`` dict of a model config (same for every model)::
       solver: {name: anderson, tol: 1.0e-6, max_iter: 100}   # or a registered name
       backward: {name: gmres, tol: 1.0e-6, max_iter: 50}
       on_nonconvergence: warn    # warn | raise | ignore
+      initial_guess: explicit    # explicit (x + hF(x)) | previous (x, the authors' code)
       # theta defaults to 0.0 (explicit) when omitted; phi/solver/backward default as in ThetaLayer
       field: {eig_range: [-3, 1], ...}   # optional wrapping of every field F (see make_field)
 
@@ -23,7 +24,7 @@ from torch import nn
 
 __all__ = ["LAYER_KEYS", "split_layer", "make_field", "Normalize", "check_kwargs", "eigen_range_class"]
 
-LAYER_KEYS = ("theta", "phi", "solver", "backward", "on_nonconvergence", "field")
+LAYER_KEYS = ("theta", "phi", "solver", "backward", "on_nonconvergence", "initial_guess", "field")
 _DEFAULT_LAYER = {"theta": 0.0}
 
 

@@ -5,9 +5,11 @@
   field is a pre-activation conv field (by default wrapped as F^{−3,1}, eq 19). Between stages a
   transition BN–ReLU–conv3×3 stride 2 doubles the channels (it changes the shape, so it cannot be a
   residual θ-step; ResNet-18's projection shortcuts are replaced by it). Head: BN–ReLU–avgpool–linear.
-- ``mnist_compact``: the authors' MNIST network: 7×7 stride-2 stem with 8 channels, three
+- ``mnist_compact``: the authors' Nov-2020 MNIST network: 7×7 stride-2 stem with 8 channels, three
   :class:`~irn_core.layers.ImplicitBlock` at 8/16/32 channels separated by stride-2 3×3
   convolutions, ReLU, global average pool, linear.
+- ``mnist_e831e4c``: the authors' MNIST network at commit e831e4c, exactly (AUTHORS-CODE §2.4): an
+  implicit block on the raw image, 6/12/24 channels, gated F^{a,b} fields with stability-derived limits.
 
 Both take images in [0, 1] and normalise inside (``normalize: {mean, std}``), so corruptions act on
 [0, 1] pixels before normalisation. The fields have no batch norm (a field is re-evaluated many times
@@ -20,11 +22,12 @@ from typing import Any, Dict, Optional, Sequence
 import torch
 from torch import nn
 
-from ..fields import ConvField
+from ..fields import ConvField, xavier_unit_frobenius_
 from ..layers import ImplicitBlock, ThetaLayer
+from ..normalization import EigenGates, GatedEigenRangeField, eig_limits_from_stability
 from .common import make_field, make_normalize, split_layer
 
-__all__ = ["resnet18_preact", "mnist_compact", "ImageNet"]
+__all__ = ["resnet18_preact", "mnist_compact", "mnist_e831e4c", "ImageNet"]
 
 
 def _down(size: int) -> int:
@@ -97,3 +100,55 @@ def mnist_compact(layer: Optional[Dict[str, Any]] = None, in_channels: int = 1, 
         field = make_field(ConvField(c, activation=activation), field_cfg, (c, size, size))
         body.append(ImplicitBlock(field, steps=steps, h=h, **kw))
     return ImageNet(make_normalize(normalize), stem, nn.Sequential(*body), _head(channels[-1], num_classes, bn=False))
+
+
+def _gated_block(channels: int, size: int, steps: int, h: float, limits, learnable_scale: bool, learnable_ends: bool,
+                 spectral_norm: Optional[str], kw: Dict[str, Any]) -> ImplicitBlock:
+    """``steps`` time-indexed pre-activation conv fields (one per step) sharing one set of gates."""
+    gates = EigenGates(limits, (channels, size, size), learnable_scale, learnable_ends)
+    fields = [GatedEigenRangeField(xavier_unit_frobenius_(ConvField(channels)), gates, spectral_norm,
+                                   init_iterations=5) for _ in range(steps)]
+    return ImplicitBlock(fields, steps=steps, h=h, **kw)
+
+
+def mnist_e831e4c(layer: Optional[Dict[str, Any]] = None, in_channels: int = 1, num_classes: int = 10,
+                  channels: Sequence[int] = (6, 12, 24), steps: int = 2, h: float = 1.0, image_size: int = 28,
+                  stability_limits: Optional[Sequence[float]] = (0.2, 1.0, 1.2), spectral_norm: Optional[str] = "exact",
+                  learnable_scale: bool = True, learnable_ends: bool = True,
+                  normalize: Optional[Dict[str, Sequence[float]]] = None) -> ImageNet:
+    """The authors' MNIST network of journal example 4 at commit e831e4c (AUTHORS-CODE §2.4, ex_MNIST.py:129-151):
+
+        block(C_in×28×28) → Conv(C_in, c₁, 7, s2, p3, no bias) → MaxPool(3, s2) → block(c₁) → Conv(c₁, c₂, 3, s2, p1,
+        no bias) → block(c₂) → Conv(c₂, c₃, 3, s2, p1, no bias) → block(c₃) → AvgPool → Linear(c₃, classes)
+
+    Every block: ``steps`` θ-steps of size ``h`` with one pre-activation conv field per step
+    (ReLU→Conv3×3→ReLU→Conv3×3, biases; weights :func:`~irn_core.fields.xavier_unit_frobenius_`), each wrapped
+    as :class:`~irn_core.normalization.GatedEigenRangeField` with the block's shared gates. Eigenvalue limits:
+    :func:`~irn_core.normalization.eig_limits_from_stability` of θ and ``stability_limits`` (null: (−1, 0, 1)).
+    The authors' θ runs: the defaults (32,420 parameters); "plain": θ = 0, ``stability_limits: null``,
+    ``spectral_norm: null``, nothing learnable; "1-Lipschitz": the same with ``spectral_norm: exact``.
+    Pixels are not normalised by default (``normalize: null``), as in the authors' code.
+    """
+    kw, field_cfg = split_layer(layer)
+    if field_cfg:
+        raise ValueError("mnist_e831e4c builds its own fields; layer.field is not used "
+                         "(use stability_limits, spectral_norm, learnable_scale, learnable_ends)")
+    channels = [int(c) for c in channels]
+    if len(channels) != 3 or any(c < 1 for c in channels):
+        raise ValueError(f"channels must be three positive counts, got {channels}")
+    theta = float(kw.get("theta", 0.0))
+    limits = (-1.0, 0.0, 1.0) if stability_limits is None else eig_limits_from_stability(theta, stability_limits)
+    blk = dict(steps=int(steps), h=float(h), limits=limits, learnable_scale=bool(learnable_scale),
+               learnable_ends=bool(learnable_ends), spectral_norm=spectral_norm, kw=kw)
+    size = int(image_size)
+    first = _gated_block(in_channels, size, **blk)
+    size = _down(size)
+    size = (size - 3) // 2 + 1  # MaxPool2d(3, stride 2), no padding
+    stem = nn.Sequential(first, nn.Conv2d(in_channels, channels[0], 7, stride=2, padding=3, bias=False),
+                         nn.MaxPool2d(3, stride=2))
+    body = [_gated_block(channels[0], size, **blk)]
+    for c_in, c_out in zip(channels[:-1], channels[1:]):
+        size = _down(size)
+        body += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False), _gated_block(c_out, size, **blk)]
+    head = nn.Sequential(nn.AvgPool2d(size), nn.Flatten(), nn.Linear(channels[-1], num_classes))
+    return ImageNet(make_normalize(normalize), stem, nn.Sequential(*body), head)
