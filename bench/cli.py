@@ -49,6 +49,26 @@ def _load(suite: Path, sets, only, seeds):
         raise typer.Exit(2)
 
 
+def _check_data(suite: Path, s) -> None:
+    """Exit 2 before anything runs (or is created) when a data set a cell reads is missing: one line per data set
+    with the command that fetches it."""
+    from .datasets import missing_data
+    from .registries import build_task
+
+    needs = []
+    for sp in s.specs:
+        try:
+            needs.extend(build_task(sp.config["task"]).required_data())
+        except ValueError:  # reported by the suite check
+            continue
+    problems = missing_data(needs)
+    if problems:
+        err.print(f"[bold red]error[/]: {suite}: {len(problems)} data set(s) the suite reads are not there; nothing was run:")
+        for line in problems:
+            err.print(f"  - {line}", markup=False)
+        raise typer.Exit(2)
+
+
 def _status_table(title: str, rows, columns) -> Table:
     t = Table(title=title, title_justify="left")
     for c in columns:
@@ -61,8 +81,9 @@ def _status_table(title: str, rows, columns) -> Table:
 @app.command()
 def validate(suite: Path = typer.Argument(..., help="Suite YAML file."), set_: List[str] = SetOpt,
              only: List[str] = OnlyOpt, seeds: Optional[str] = SeedsOpt):
-    """Check a suite (schema, registries, matrix) without running anything."""
+    """Check a suite (schema, registries, matrix, data sets on disk) without running anything."""
     s = _load(suite, set_, only, seeds)
+    _check_data(suite, s)
     out.print(f"{suite}: OK — suite {s.name!r}, {len(s.specs)} run(s)")
 
 
@@ -102,6 +123,7 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file."),
         err.print(f"--executor: unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")
         raise typer.Exit(2)
     s = _load(suite, set_, only, seeds)
+    _check_data(suite, s)
     try:
         dev = resolve_device(device if device != "auto" else s.cfg.device)
     except ValueError as e:
@@ -227,6 +249,62 @@ def ui(tracking_uri: Optional[str] = UriOpt, port: int = typer.Option(5000, help
         cmd += ["--default-artifact-root", root]
     err.print(f"MLflow UI on http://127.0.0.1:{port} (store {uri}); Ctrl-C stops it")
     os.execv(sys.executable, cmd)
+
+
+data_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                       help="The image data sets (MNIST, CIFAR-10, CIFAR-100): list, import offline, download.")
+app.add_typer(data_app, name="data")
+RootOpt = typer.Option(None, "--root", help="Data root (default $IRN_DATA_ROOT, else results/data).")
+
+
+@data_app.command("list")
+def data_list(root: Optional[str] = RootOpt,
+              verify: bool = typer.Option(True, "--verify/--no-verify", help="Check every file's MD5 (default).")):
+    """Each data set: where it is expected, present or missing, checksums verified, size."""
+    from .datasets import dataset_names, status
+
+    rows = []
+    for name in dataset_names():
+        st = status(name, root, verify=verify)
+        if st.state == "missing":
+            note = f"none of its {len(st.missing)} files: bench data import {name} <folder or archive>"
+        else:
+            note = ", ".join([f"missing {f}" for f in st.missing] + [f"corrupt {f}" for f in st.corrupt])
+        rows.append((name, st.state, f"{st.size / 2**20:.1f} MiB", str(st.folder.resolve()), note))
+    out.print(_status_table("data sets", rows, ["name", "status", "size", "folder", "problems"]))
+
+
+@data_app.command("import")
+def data_import(name: str = typer.Argument(..., help="mnist | cifar10 | cifar100"),
+                path: Path = typer.Argument(..., help="A folder (searched recursively) or a .tar/.tar.gz/.tgz/.zip "
+                                                      "archive holding the raw or gzipped files."),
+                root: Optional[str] = RootOpt,
+                force: bool = typer.Option(False, "--force", help="Replace files already there even if intact.")):
+    """Copy a data set into the data root in torchvision's layout, every file verified against the official
+    checksum first (a wrong or corrupt file: nothing is written, exit 2)."""
+    from .datasets import import_dataset
+    from .tasks.data import DataError
+
+    try:
+        st = import_dataset(name, path, root, force=force)
+    except DataError as e:
+        err.print(f"[bold red]error[/]: bench data import {name} {path}: {e}")
+        raise typer.Exit(2)
+    out.print(f"{name}: {st.state}, {len(st.present)} file(s), {st.size / 2**20:.1f} MiB in {st.folder.resolve()}")
+
+
+@data_app.command("download")
+def data_download(name: str = typer.Argument(..., help="mnist | cifar10 | cifar100"), root: Optional[str] = RootOpt):
+    """Download a data set with torchvision (needs internet), then verify it."""
+    from .datasets import download
+    from .tasks.data import DataError
+
+    try:
+        st = download(name, root)
+    except DataError as e:
+        err.print(f"[bold red]error[/]: bench data download {name}: {e}")
+        raise typer.Exit(1)
+    out.print(f"{name}: {st.state} in {st.folder.resolve()}")
 
 
 def _register_plugins() -> None:

@@ -61,6 +61,8 @@ reports:
   - {kind: spectrum, where: {case: ex1}}
   - {kind: trajectories, where: {case: [ex2, ex3]}}
   - {kind: decision_regions, where: {case: spirals}}
+  - {kind: accuracy_vs_noise, where: {case: digits}, reference: [paper-table-3, authors-mnist-e831e4c],
+     reference_case: digits, stats: ci95, claims: monotone}
 """
 
 DEPTH = """
@@ -208,7 +210,7 @@ def test_bundled_reference_is_spec_table_5_3():
     spec = (Path(__file__).resolve().parents[1] / ".." / "shared" / "SPEC.md")
     if not spec.exists():
         pytest.skip("SPEC.md not beside the repository")
-    text = spec.read_text().split("Table 5.3")[1].split("Table 5.4")[0]
+    text = spec.read_text().split("Table 5.3 (test accuracy")[1].split("Table 5.4")[0]  # the table, not a mention
     rows = [[x.strip() for x in l.strip().strip("|").split("|")] for l in text.splitlines() if re.match(r"\| \d+ \|", l)]
     assert len(rows) == 4
     n = 0
@@ -373,3 +375,55 @@ def test_defaults_alone_work_and_empty_store_is_noted(tmp_path, monkeypatch):
     out = render_suite(load_suite(s), tracking_uri=uri)
     assert out == Path("reports") / "tiny"
     assert (tmp_path / "reports" / "tiny" / "01-training_curves.png").exists()
+
+
+def _logged(runs, sev, m, theta):
+    return {int(r.data.params["seed"]): 100 * r.data.metrics[f"corruption/gaussian/{sev:g}/{m}"]
+            for r in runs if r.data.tags.get("irn.case") == "digits" and _theta(r) == theta}
+
+
+def test_ci95_table_references_and_monotone_claim_from_logged_metrics(store):
+    from scipy import stats
+
+    runs, _ = _runs(store["uri"], "rtest")
+    got = pd.read_csv(store["out"] / "08-accuracy_vs_noise.csv")
+    for theta in (0.0, 1.0):
+        vals = list(_logged(runs, 0.3, "top1", theta).values())
+        row = got[(got["model.layer.theta"] == theta) & (got["severity"] == 0.3) & (got["metric"] == "top1")].iloc[0]
+        hw = stats.t.ppf(0.975, 1) * statistics.stdev(vals) / math.sqrt(2)
+        assert row["ci95_high"] - row["mean"] == pytest.approx(hw, abs=1e-9)
+        assert row["ref paper-table-3"] == {0.0: 74.7, 1.0: 93.6}[theta]
+        assert math.isnan(row["ref authors-mnist-e831e4c"])  # its cases are theta/plain/lipschitz, not digits
+    md = (store["out"] / "08-accuracy_vs_noise.md").read_text()
+    assert " ± " in md and "paper-table-3" in md
+    idx = (store["out"] / "index.md").read_text()
+    assert "mean over 2 seeds ± half-width of the 95 % Student-t interval" in idx
+    claim = pd.read_csv(store["out"] / "08-accuracy_vs_noise-claim-monotone.csv")
+    for m in ("top1", "top2"):
+        a, b = _logged(runs, 0.3, m, 0.0), _logged(runs, 0.3, m, 1.0)
+        diffs = [b[s] - a[s] for s in sorted(a)]
+        row = claim[(claim["metric"] == m) & (claim["severity"] == 0.3)].iloc[0]
+        assert row["diff_last_first"] == pytest.approx(statistics.mean(diffs), abs=1e-9)
+        hw = stats.t.ppf(0.975, 1) * statistics.stdev(diffs) / math.sqrt(2) if len(set(diffs)) > 1 else 0.0
+        lo, hi = statistics.mean(diffs) - hw, statistics.mean(diffs) + hw
+        want = "holds" if lo > 0 else "fails" if hi < 0 else "inconclusive"
+        assert row["verdict"] == want and row["n_seeds"] == 2
+
+
+def test_one_seed_report_has_no_plus_minus_and_says_1_seed(store, tmp_path):
+    out = tmp_path / "one"
+    res = _cli("report", store["suite"], "--tracking-uri", store["uri"], "--out", out, "--only", "seed=0")
+    assert res.exit_code == 0, res.output
+    md = (out / "08-accuracy_vs_noise.md").read_text()
+    assert "±" not in md
+    assert "mean over 1 seed (no ± from one seed)" in (out / "index.md").read_text()
+    claim = pd.read_csv(out / "08-accuracy_vs_noise-claim-monotone.csv")
+    assert set(claim["verdict"]) == {"inconclusive"} and set(claim["n_seeds"]) == {1}
+
+
+@pytest.mark.parametrize("diffs,want", [([1.0, 1.2, 0.9], "holds"), ([-2.0, -2.5, -1.8], "fails"),
+                                        ([1.0, -1.0, 0.5], "inconclusive"), ([3.0], "inconclusive")])
+def test_verdict_rule(diffs, want):
+    from bench.report.kinds._common import verdict
+
+    assert verdict(diffs)[0] == want

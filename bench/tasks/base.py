@@ -17,6 +17,7 @@ ValueError listing the valid ones) and exposes:
 - ``default_regularizers() -> dict``: the paper's regulariser settings (names as in DESIGN.md:
   divergence, jacobian, tv), for the suite runner to map onto irn_core.regularizers
 - ``config() -> dict``: ``{"name": ..., **resolved options}``
+- ``required_data() -> [(data set, root)]``: files read from disk (checked before a suite runs)
 
 Image tasks (:class:`ImageTask`) additionally expose ``input_shape``, ``num_classes``,
 ``pixel_range = (0.0, 1.0)``, ``mean``/``std`` and ``normalize(x)``: datasets yield [0, 1] images;
@@ -25,7 +26,7 @@ the default models normalise inside (``normalize: {mean, std}``), so corruptions
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Dict, Iterable, Optional, Sequence, Tuple
+from typing import Any, ClassVar, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -121,6 +122,11 @@ class Task:
 
     def default_regularizers(self) -> Dict[str, Any]:
         return {}
+
+    def required_data(self) -> List[Tuple[str, Optional[str]]]:
+        """(data set name, data root option) of the files this task reads from disk and will not download
+        (see :mod:`bench.datasets`); generated or bundled data: none."""
+        return []
 
 
 class ClassificationTask(Task):

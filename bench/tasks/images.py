@@ -113,6 +113,9 @@ class MNISTTask(ImageTask):
             self._class_weight = inverse_frequency_weights(splits[0].targets, self.num_classes)
         return splits
 
+    def required_data(self):
+        return [] if self.options.download else [("mnist", self.options.root)]
+
     def loss(self, output, target):
         if self.options.class_weights == "none":
             return F.cross_entropy(output, target)
@@ -155,6 +158,9 @@ class _CIFARTask(ImageTask):
         x_tr, y_tr = load_cifar(self.which, o.root, train=True, download=o.download, check_md5=o.check_md5)
         x_te, y_te = load_cifar(self.which, o.root, train=False, download=o.download, check_md5=o.check_md5)
         return _tensor_splits(x_tr, y_tr, x_te, y_te, o, seed, cifar_augmentation() if o.augment else None)
+
+    def required_data(self):
+        return [] if self.options.download else [(f"cifar{self.which}", self.options.root)]
 
     def default_model(self):
         o = self.options

@@ -93,6 +93,27 @@ def mean_sd(values: Sequence[float]):
     return m, sd, len(vals)
 
 
+def t_interval(values: Sequence[float], level: float = 0.95):
+    """(mean, half-width of the Student-t confidence interval, n); half-width NaN when n < 2."""
+    from scipy import stats
+
+    m, sd, n = mean_sd(values)
+    if n < 2:
+        return m, float("nan"), n
+    return m, float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n), n
+
+
+def verdict(diffs: Sequence[float], level: float = 0.95):
+    """Is the mean of paired differences (e.g. θ = 1 minus θ = 0 at the same seed) positive?
+    (verdict, mean, lo, hi, n): "holds" when the t-interval lies above 0, "fails" when below 0,
+    "inconclusive" when it contains 0 or n < 2 (no interval from one seed)."""
+    m, hw, n = t_interval(diffs, level)
+    if n < 2 or math.isnan(hw):
+        return "inconclusive", m, float("nan"), float("nan"), n
+    lo, hi = m - hw, m + hw
+    return ("holds" if lo > 0 else "fails" if hi < 0 else "inconclusive"), m, lo, hi, n
+
+
 def pretty_metric(m: str) -> str:
     names = {"train/loss": "training loss", "train/objective": "training objective (loss + penalties)",
              "train/mse": "training MSE", "train/top1": "training top-1", "train/top2": "training top-2",

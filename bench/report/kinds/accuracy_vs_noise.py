@@ -1,6 +1,15 @@
 """accuracy_vs_noise: the journal's Table 3 layout — rows = severity, columns = θ (or any ``cols`` key),
 top-1 and top-2 accuracy (%), mean ± std over seeds, the paper's value and the difference beside
-ours when a ``reference`` is named; plus accuracy vs severity, one line per θ."""
+ours when a ``reference`` is named; plus accuracy vs severity, one line per θ.
+
+Options beyond the defaults: ``reference`` may be a list (one column per table; a reference with a ``case``
+column is matched on the cell's case too; one without it only on the cells of ``reference_case`` when set);
+``stats: ci95`` shows mean ± the half-width of the 95 % Student-t
+interval over seeds (nothing after the mean for one seed) and states n; ``claims: monotone`` adds, per
+severity and metric, the check of the claim "accuracy grows with ``cols``": the differences between
+neighbouring values and between the last and the first, paired by seed, each with its 95 % interval, and a
+verdict — holds (last − first interval above 0 and no neighbour interval below 0), fails (some neighbour
+or the last − first interval below 0) or inconclusive."""
 from __future__ import annotations
 
 import math
@@ -12,11 +21,20 @@ from ...suite import get_path
 from ..output import hue_colors, hue_value, json_key, key_label, mean_std, fmt_num
 from ..references import check_reference, suite_reference
 from ..registry import register_report
-from ._common import make_cells, mean_sd
+from ._common import make_cells, mean_sd, t_interval, verdict
+
+
+def _refs(e):
+    r = e["reference"]
+    return [] if r is None else ([r] if isinstance(r, str) else list(r))
 
 
 def _check(e):
-    errs = check_reference(e["reference"])
+    errs = [x for r in (_refs(e) or [None]) for x in check_reference(r)]
+    if e["stats"] not in ("std", "ci95"):
+        errs.append(f"stats: must be std or ci95, got {e['stats']!r}")
+    if e["claims"] not in (None, "monotone"):
+        errs.append(f"claims: must be null or monotone, got {e['claims']!r}")
     if not isinstance(e["metrics"], list) or not e["metrics"]:
         errs.append("metrics: must be a non-empty list, e.g. [top1, top2]")
     if e["rows"] != "severity":
@@ -37,7 +55,7 @@ def _label(key, v):
 
 @register_report("accuracy_vs_noise",
                  {"corruption": None, "rows": "severity", "cols": "model.layer.theta", "metrics": ["top1", "top2"],
-                  "reference": None, "scale": 100.0, "decimals": 1},
+                  "reference": None, "scale": 100.0, "decimals": 1, "stats": "std", "claims": None, "reference_case": None},
                  doc="Table 3 layout: accuracy per severity (rows) and θ (cols), mean ± std over seeds, with the "
                      "paper's values and the difference when reference is given; plus accuracy vs severity",
                  check=_check)
@@ -66,9 +84,16 @@ def render(ctx, e):
     cols_key = e["cols"]
     scale = float(e["scale"])
     dec = int(e["decimals"])
-    ref = suite_reference(ctx, e["reference"], {"metric", "value", "severity", cols_key})
-    if ref is not None and "corruption" in ref.columns:
-        ref = ref[ref["corruption"] == name]
+    multi = not isinstance(e["reference"], (str, type(None)))
+    refs = {}
+    for rname in _refs(e):
+        r = suite_reference(ctx, rname, {"metric", "value", "severity", cols_key})
+        if r is not None and "corruption" in r.columns:
+            r = r[r["corruption"] == name]
+        if r is not None:
+            refs[rname] = r
+    ref = None if multi else refs.get(e["reference"])
+    ci = e["stats"] == "ci95"
     # groups: the varying keys other than cols (one table each)
     cells = make_cells(ctx, runs, cols_key)
     other = {}
@@ -93,11 +118,26 @@ def render(ctx, e):
                     vals = sub[(sub["spec_hash"].isin(hashes)) & (np.isclose(sub["severity"], sev))]
                     vals = (vals[m].dropna() * scale).tolist() if m in vals else []
                     mean, sd, n = mean_sd(vals)
+                    hw = t_interval(vals)[1] if ci else float("nan")
                     if hashes.empty:
                         txt = c.status_text
+                    elif ci:
+                        txt = fmt_num(mean, dec) + (f" ± {fmt_num(hw, dec)}" if n > 1 else "")
                     else:
                         txt = mean_std(vals, dec)
                     drow[f"{m} {col}"] = txt
+                    extra = {}
+                    for rname, rt in (refs.items() if multi else ()):
+                        sel = (rt["metric"] == m) & rt["severity"].map(lambda s: _close(s, sev)) \
+                            & rt[cols_key].map(lambda s: _close(s, c.hue))
+                        cell_case = c.runs["case"].iloc[0] if "case" in c.runs.columns else None
+                        if "case" in rt.columns and cell_case is not None:
+                            sel &= rt["case"] == cell_case
+                        elif e["reference_case"] is not None and cell_case != e["reference_case"]:
+                            sel &= False  # a reference without cases belongs to reference_case's cells only
+                        rv2 = float(rt[sel]["value"].iloc[0]) if sel.any() else float("nan")
+                        drow[f"{m} {col} {rname}"] = fmt_num(rv2, dec)
+                        extra[rname] = rv2
                     rv = float("nan")
                     if ref is not None:
                         r = ref[(ref["metric"] == m) & ref["severity"].map(lambda s: _close(s, sev))
@@ -107,16 +147,90 @@ def render(ctx, e):
                         drow[f"{m} {col} Δ"] = (f"{mean - rv:+.{dec}f}" if not (math.isnan(rv) or math.isnan(mean)) else "—")
                     num_rows.append({"corruption": name, "severity": sev, cols_key: c.hue, "metric": m,
                                      "mean": mean, "std": sd, "n_seeds": n,
+                                     **({"ci95_low": mean - hw, "ci95_high": mean + hw} if ci else {}),
                                      "status": "finished" if len(hashes) else c.status_text,
-                                     **({"reference": rv, "diff": mean - rv} if ref is not None else {})})
+                                     **({"reference": rv, "diff": mean - rv} if ref is not None else {}),
+                                     **{f"ref {k}": v for k, v in extra.items()}})
             disp_rows.append(drow)
         num = pd.DataFrame(num_rows)
         unit = "%" if scale == 100 else f"× {scale:g}"
+        if ci:
+            ns = sorted({int(v) for v in num["n_seeds"] if v})
+            nt = "/".join(map(str, ns)) or "0"
+            stat = (f"mean over {nt} seed{'s' if ns != [1] else ''}"
+                    + (" ± half-width of the 95 % Student-t interval" if any(n > 1 for n in ns) else " (no ± from one seed)"))
+        else:
+            stat = "mean ± std over seeds"
         cap = (f"Accuracy ({unit}) under {name} noise{' — ' + glabel if glabel else ''}: rows = {e['rows']}, "
-               f"columns = {key_label(cols_key)}; mean ± std over seeds"
-               + (f"; 'paper' = {e['reference']}, Δ = ours − paper" if ref is not None else "") + ".")
+               f"columns = {key_label(cols_key)}; {stat}"
+               + (f"; 'paper' = {e['reference']}, Δ = ours − paper" if ref is not None else "")
+               + (f"; beside ours: {', '.join(refs)}" if multi and refs else "") + ".")
         ctx.table(pd.DataFrame(disp_rows), num, suffix, cap)
+        if e["claims"] == "monotone" and len(gcells) > 1:
+            _monotone(ctx, sub, gcells, e, cols_key, sevs, scale, dec, name, glabel, suffix)
         _figure(ctx, num, gcells, e, cols_key, name, glabel, suffix, ref is not None, unit)
+
+
+def _paired(sub, a, b, m, sev, scale):
+    """{seed: value(b) − value(a)} over the seeds both cells finished."""
+    def by_seed(c):
+        fin = c.finished
+        out = {}
+        for h, seed in zip(fin["spec_hash"], fin["seed"]):
+            v = sub[(sub["spec_hash"] == h) & np.isclose(sub["severity"], sev)]
+            if m in v and len(v) and not pd.isna(v[m].iloc[0]):
+                out[int(seed)] = float(v[m].iloc[0]) * scale
+        return out
+    va, vb = by_seed(a), by_seed(b)
+    return [vb[s] - va[s] for s in sorted(set(va) & set(vb))]
+
+
+def _monotone(ctx, sub, cells, e, cols_key, sevs, scale, dec, name, glabel, suffix):
+    """Claim: accuracy is non-decreasing in ``cols`` (paired by seed); see the module docstring."""
+    rows, num = [], []
+    first, last = cells[0], cells[-1]
+    for m in e["metrics"]:
+        for sev in sevs:
+            if sev == 0:
+                continue
+            steps = [verdict(_paired(sub, a, b, m, sev, scale)) for a, b in zip(cells[:-1], cells[1:])]
+            overall = verdict(_paired(sub, first, last, m, sev, scale))
+            n = overall[4]
+            if n == 0:
+                v = "no data"
+            elif any(s[0] == "fails" for s in steps) or overall[0] == "fails":
+                v = "fails"
+            elif overall[0] == "holds" and all(not s[0] == "fails" for s in steps):
+                v = "holds"
+            else:
+                v = "inconclusive"
+
+            def fmt(t):
+                if t[4] == 0:
+                    return "—"
+                ci_txt = f" [{fmt_num(t[2], dec)}, {fmt_num(t[3], dec)}]" if t[4] > 1 else ""
+                return f"{t[1]:+.{dec}f}{ci_txt}"
+
+            row = {"metric": m, e["rows"]: f"{sev:g}", "seeds": str(n),
+                   f"{_label(cols_key, last.hue)} − {_label(cols_key, first.hue)}": fmt(overall)}
+            for (a, b), t in zip(zip(cells[:-1], cells[1:]), steps):
+                row[f"{b.hue:g} − {a.hue:g}" if isinstance(b.hue, float) else f"{b.hue} − {a.hue}"] = fmt(t)
+            row["verdict"] = v
+            rows.append(row)
+            num.append({"metric": m, "severity": sev, "n_seeds": n, "diff_last_first": overall[1],
+                        "ci95_low": overall[2], "ci95_high": overall[3], "verdict": v,
+                        **{f"diff_step_{i + 1}": t[1] for i, t in enumerate(steps)}})
+    if not rows:
+        return
+    n_holds = sum(r["verdict"] == "holds" for r in rows)
+    n_fails = sum(r["verdict"] == "fails" for r in rows)
+    cap = (f"Claim: accuracy under {name} noise is non-decreasing in {key_label(cols_key)}"
+           f"{' — ' + glabel if glabel else ''}. Differences in points ({e['rows']} > 0), paired by seed, with 95 % "
+           f"Student-t intervals [low, high] when ≥ 2 seeds. Verdict: holds = last − first interval above 0 and no "
+           f"neighbouring step's interval below 0; fails = some interval below 0; otherwise inconclusive "
+           f"(one seed is always inconclusive). {n_holds} holds, {n_fails} fail, "
+           f"{len(rows) - n_holds - n_fails} inconclusive of {len(rows)}.")
+    ctx.table(pd.DataFrame(rows), pd.DataFrame(num), (suffix + "-" if suffix else "") + "claim-monotone", cap)
 
 
 def _figure(ctx, num, cells, e, cols_key, name, glabel, suffix, with_ref, unit):

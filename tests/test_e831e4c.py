@@ -1,0 +1,208 @@
+"""The options that express the authors' code (AUTHORS-CODE.md §1-2.4), each against an independent computation:
+the e831e4c MNIST network, gated F^{a,b}, exact spectral norm, unit-Frobenius Xavier, the solve's initial guess,
+the divergence time weights / field time / detached states, class weights, corruption repeats."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from irn_core.analysis import stability_function
+from irn_core.fields import ConvField, xavier_unit_frobenius_
+from irn_core.layers import ImplicitBlock, ThetaLayer
+from irn_core.models import build_model
+from irn_core.normalization import EigenGates, GatedEigenRangeField, SpectralNorm, eig_limits_from_stability
+from irn_core.regularizers import regularization, trajectory_penalty
+
+
+def test_e831e4c_network_has_the_authors_parameter_count_and_shapes():
+    m = build_model({"name": "mnist_e831e4c", "layer": {"theta": 1.0}})
+    assert sum(p.numel() for p in m.parameters()) == 32420  # weights 31,208 + scales 1,204 + shifts 8
+    assert sum(p.numel() for n, p in m.named_parameters() if "gates" not in n) == 31208
+    plain = build_model({"name": "mnist_e831e4c", "layer": {"theta": 0.0}, "stability_limits": None,
+                         "spectral_norm": None, "learnable_scale": False, "learnable_ends": False})
+    assert sum(p.numel() for p in plain.parameters()) == 31208
+    assert m(torch.rand(3, 1, 28, 28)).shape == (3, 10)
+    blocks = [mod for mod in m.modules() if isinstance(mod, ImplicitBlock)]
+    assert [tuple(b.fields[0].gates.scales.shape) for b in blocks] == [(1, 28, 28), (6, 6, 6), (12, 3, 3), (24, 2, 2)]
+    assert all(b.steps == 2 and b.h == 1.0 and not b.shared and b.fields[0].gates is b.fields[1].gates for b in blocks)
+
+
+@pytest.mark.parametrize("theta,expected", [(0.0, (-0.8, 0.0, 0.2)), (0.25, (-1.0, 0.0, 0.1905)),
+                                            (0.5, (-1.3333, 0.0, 0.1818)), (0.75, (-2.0, 0.0, 0.1739)),
+                                            (1.0, (-4.0, 0.0, 0.1667))])
+def test_eig_limits_from_stability_match_the_authors_table_and_invert_R(theta, expected):
+    z = eig_limits_from_stability(theta, (0.2, 1.0, 1.2))
+    assert z == pytest.approx(expected, abs=1e-4)  # AUTHORS-CODE §2.4
+    for zi, y in zip(z, (0.2, 1.0, 1.2)):  # R(z) = y, R the θ-method's stability function
+        assert float(stability_function(complex(zi), theta).real) == pytest.approx(y, abs=1e-12)
+
+
+def test_fixed_gates_give_0_9801_F_and_learnable_start_symmetric_10pc():
+    torch.manual_seed(0)
+    f = nn.Linear(4, 4, bias=False)
+    fixed = GatedEigenRangeField(f, EigenGates((-1.0, 0.0, 1.0), (4,)), spectral_norm=None)
+    y = torch.randn(5, 4)
+    assert torch.allclose(fixed(y), 0.9801 * f(y), atol=1e-6)
+    g = EigenGates((-4.0, 0.0, 1 / 6), (4,), learnable_scale=True, learnable_ends=True)
+    a, b = (v.detach() for v in g.ends())
+    assert float(a) == pytest.approx(-0.1 / 6) and float(b) == pytest.approx(0.1 / 6)
+    assert torch.allclose(g.scale(), torch.full((4,), 0.5))
+    assert sum(p.numel() for p in g.parameters()) == 4 + 2
+
+
+def test_gated_field_eigenvalues_lie_in_the_disc():
+    torch.manual_seed(1)
+    d = 6
+    field = nn.Sequential(nn.Linear(d, 12), nn.ReLU(), nn.Linear(12, d)).double()
+    g = EigenGates((-3.0, -1.0, 0.5), (d,), learnable_scale=True, learnable_ends=True).double()
+    with torch.no_grad():
+        g.shift_a.fill_(1.3)
+        g.shift_b.fill_(-0.4)
+        g.scales.copy_(torch.randn(d, dtype=torch.float64))
+    F = GatedEigenRangeField(field, g, spectral_norm="exact", init_iterations=200).double()
+    a, b = (float(v) for v in g.ends())
+    c, r = 0.5 * (a + b), 0.5 * (b - a) * float(g.scale().max())
+    for _ in range(5):
+        y = torch.randn(d, dtype=torch.float64)
+        J = torch.autograd.functional.jacobian(lambda v: F(v[None])[0], y)
+        ev = torch.linalg.eigvals(J)
+        assert bool(((ev - c).abs() <= r + 1e-9).all()), (ev, c, r)
+
+
+def test_exact_spectral_norm_rescales_up_and_bound_does_not():
+    torch.manual_seed(2)
+    lin = nn.Linear(5, 7).double()
+    with torch.no_grad():
+        lin.weight.mul_(0.1 / torch.linalg.matrix_norm(lin.weight, 2))  # ‖W‖₂ = 0.1
+    exact = SpectralNorm(lin, exact=True, init_iterations=100)
+    assert float(torch.linalg.matrix_norm(exact.normalized_weight().detach(), 2)) == pytest.approx(1.0, rel=1e-6)
+    bound = SpectralNorm(lin, exact=False, init_iterations=100)
+    assert torch.allclose(bound.normalized_weight().detach(), lin.weight)
+
+
+def test_xavier_unit_frobenius_is_the_authors_redraw():
+    torch.manual_seed(3)
+    f = ConvField(4)
+    torch.manual_seed(7)
+    xavier_unit_frobenius_(f)
+    torch.manual_seed(7)  # the oracle: draw, take the norm, draw again with gain 1/norm, in parameter order
+    for name, p in f.named_parameters():
+        if name.endswith("weight"):
+            w0 = torch.empty_like(p)
+            nn.init.xavier_uniform_(w0)
+            w1 = torch.empty_like(p)
+            nn.init.xavier_uniform_(w1, gain=1.0 / float(w0.norm()))
+            assert torch.equal(p, w1)
+        else:
+            assert bool((p == 0).all())
+    norms = [float(f.conv1.weight.norm()), float(f.conv2.weight.norm())]
+    assert all(0.8 < n < 1.2 for n in norms)
+
+
+def test_initial_guess_previous_starts_the_solve_at_x():
+    torch.manual_seed(4)
+    A = 0.3 * torch.randn(3, 3, dtype=torch.float64)
+    field = nn.Linear(3, 3, bias=False).double()
+    with torch.no_grad():
+        field.weight.copy_(A)
+    x = torch.randn(4, 3, dtype=torch.float64)
+    outs = {}
+    for guess in ("explicit", "previous"):
+        layer = ThetaLayer(field, theta=1.0, h=1.0, solver={"name": "anderson", "tol": 1e-12, "max_iter": 100},
+                           initial_guess=guess)
+        outs[guess] = layer(x)
+        r0 = layer.last_stats.init_residual
+        y0 = x if guess == "previous" else x + field(x)
+        assert torch.allclose(r0, (x + field(y0) - y0).norm(dim=1))
+    exact = torch.linalg.solve(torch.eye(3, dtype=torch.float64) - A, x.T).T  # y = x + A y
+    assert torch.allclose(outs["explicit"], exact, atol=1e-10) and torch.allclose(outs["previous"], exact, atol=1e-10)
+    with pytest.raises(ValueError, match="initial_guess"):
+        ThetaLayer(field, initial_guess="zero")
+
+
+class _Quadratic(nn.Module):
+    """F(y) = a·y²/2 on 1-D states: ∂F/∂y = a·y."""
+
+    def __init__(self, a):
+        super().__init__()
+        self.a = nn.Parameter(torch.tensor(float(a), dtype=torch.float64))
+
+    def forward(self, y):
+        return 0.5 * self.a * y * y
+
+
+@pytest.mark.parametrize("time_weights,field_time", [("t/T", "step_end"), ("(t+1)/(T+1)", "step_start"),
+                                                     ("(t+1)/(T+1)", "step_end")])
+def test_divergence_time_weights_and_field_time_closed_form(monkeypatch, time_weights, field_time):
+    import irn_core.regularizers as R
+
+    monkeypatch.setattr(R, "_randn", lambda like, generator=None: torch.ones_like(like))  # zᵀJz = J exactly (d = 1)
+    T, p, alpha = 3, 2.0, 0.7
+    a = [0.5, -1.0, 2.0]
+    block = ImplicitBlock([_Quadratic(ai) for ai in a], steps=T, theta=0.0, h=0.1)
+    block.keep_trajectory = True
+    x = torch.tensor([[0.8], [-0.3]], dtype=torch.float64)
+    block(x)
+    traj = block.last_trajectory
+    out = trajectory_penalty(block, divergence=alpha, p=p, time_weights=time_weights, field_time=field_time)
+    expected = 0.0
+    for t in range(T + 1):
+        c = (t / T if time_weights == "t/T" else (t + 1) / (T + 1)) ** p
+        w = 0.5 if t in (0, T) else 1.0
+        k = (max(t, 1) if field_time == "step_end" else min(t + 1, T)) - 1
+        expected += w * c * float((a[k] * traj[t]).mean())
+    assert float(out["divergence"]) == pytest.approx(alpha * expected / T, rel=1e-12)
+
+
+def test_detached_states_send_no_gradient_to_the_input():
+    block = ImplicitBlock([_Quadratic(0.5), _Quadratic(1.5)], steps=2, theta=0.0, h=0.1)
+    block.keep_trajectory = True
+    grads = {}
+    for states in ("attached", "detached"):
+        x = torch.tensor([[0.8], [-0.3]], dtype=torch.float64, requires_grad=True)
+        block(x)
+        total, _ = regularization(block, {"divergence": {"weight": 1.0, "p": 1, "states": states}})
+        total.backward()
+        grads[states] = x.grad
+    assert grads["detached"] is None or bool((grads["detached"] == 0).all())
+    assert bool((grads["attached"].abs() > 0).any())
+    with pytest.raises(ValueError, match="time_weights"):
+        regularization(block, {"divergence": {"weight": 1.0, "time_weights": "t"}})
+
+
+def test_class_weighted_cross_entropy_is_the_weighted_mean():
+    from bench.tasks.images import inverse_frequency_weights
+
+    y = torch.tensor([0, 0, 0, 1, 2, 2])
+    w = inverse_frequency_weights(y, 4)
+    assert torch.allclose(w, torch.tensor([1 / 3, 1.0, 0.5, 0.0]) / (1 / 3 + 1.0 + 0.5))
+    logits = torch.randn(6, 4)
+    ce = torch.nn.functional.cross_entropy(logits, y, reduction="none")
+    manual = float((w[y] * ce).sum() / w[y].sum())
+    assert float(torch.nn.functional.cross_entropy(logits, y, weight=w)) == pytest.approx(manual, rel=1e-6)
+
+
+def test_corruption_repeats_equal_the_dataset_seen_k_times():
+    from torch.utils.data import ConcatDataset, TensorDataset
+
+    from bench.corruptions import evaluate_corruptions
+    from bench.tasks.base import ImageTask
+
+    class Tiny(ImageTask):
+        name = "tiny"
+        input_shape = (1, 4, 4)
+        num_classes = 3
+
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    data = TensorDataset(torch.rand(10, 1, 4, 4), torch.randint(0, 3, (10,)))
+    k = 4
+    rep = evaluate_corruptions(model, Tiny(), data, {"gaussian": {"std": [0.3], "repeats": k}}, batch_size=10)
+    cat = evaluate_corruptions(model, Tiny(), ConcatDataset([data] * k), {"gaussian": {"std": [0.3]}}, batch_size=10)
+    assert rep["value"].tolist() == pytest.approx(cat["value"].tolist(), rel=1e-12)
+    with pytest.raises(ValueError, match="repeats"):
+        evaluate_corruptions(model, Tiny(), data, {"gaussian": {"std": [0.3], "repeats": 0}})
+    assert not math.isnan(rep["value"].iloc[0])
