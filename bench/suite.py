@@ -460,9 +460,13 @@ def load_suite(path: str | Path, sets: List[str] = (), only: List[str] = (), see
     return Suite(path=str(path), cfg=cfg, raw=raw, specs=specs)
 
 
+_ABSENT = object()
+
+
 def _only_match(spec: RunSpec, key: str, value: Any) -> bool:
-    got = get_path(spec.config, key, default=KeyError)
-    if got is KeyError:
+    """``--only key=value``: ``case`` matches the cell's case, any other key the resolved config."""
+    got = spec.overrides.get("case", _ABSENT) if key == "case" else get_path(spec.config, key, default=_ABSENT)
+    if got is _ABSENT:
         return False
     if isinstance(got, (int, float)) and isinstance(value, (int, float)) and not isinstance(got, bool):
         return float(got) == float(value)

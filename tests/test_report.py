@@ -386,7 +386,7 @@ def test_ci95_table_references_and_monotone_claim_from_logged_metrics(store):
     from scipy import stats
 
     runs, _ = _runs(store["uri"], "rtest")
-    got = pd.read_csv(store["out"] / "08-accuracy_vs_noise.csv")
+    got = pd.concat([pd.read_csv(store["out"] / f"08-accuracy_vs_noise-{m}.csv") for m in ("top1", "top2")])
     for theta in (0.0, 1.0):
         vals = list(_logged(runs, 0.3, "top1", theta).values())
         row = got[(got["model.layer.theta"] == theta) & (got["severity"] == 0.3) & (got["metric"] == "top1")].iloc[0]
@@ -394,8 +394,8 @@ def test_ci95_table_references_and_monotone_claim_from_logged_metrics(store):
         assert row["ci95_high"] - row["mean"] == pytest.approx(hw, abs=1e-9)
         assert row["ref paper-table-3"] == {0.0: 74.7, 1.0: 93.6}[theta]
         assert math.isnan(row["ref authors-mnist-e831e4c"])  # its cases are theta/plain/lipschitz, not digits
-    md = (store["out"] / "08-accuracy_vs_noise.md").read_text()
-    assert " ± " in md and "paper-table-3" in md
+    md = (store["out"] / "08-accuracy_vs_noise-top1.md").read_text()
+    assert " ± " in md and "| paper-table-3 |" in md and "| this project |" in md
     idx = (store["out"] / "index.md").read_text()
     assert "mean over 2 seeds ± half-width of the 95 % Student-t interval" in idx
     claim = pd.read_csv(store["out"] / "08-accuracy_vs_noise-claim-monotone.csv")
@@ -414,7 +414,7 @@ def test_one_seed_report_has_no_plus_minus_and_says_1_seed(store, tmp_path):
     out = tmp_path / "one"
     res = _cli("report", store["suite"], "--tracking-uri", store["uri"], "--out", out, "--only", "seed=0")
     assert res.exit_code == 0, res.output
-    md = (out / "08-accuracy_vs_noise.md").read_text()
+    md = (out / "08-accuracy_vs_noise-top1.md").read_text() + (out / "08-accuracy_vs_noise-top2.md").read_text()
     assert "±" not in md
     assert "mean over 1 seed (no ± from one seed)" in (out / "index.md").read_text()
     claim = pd.read_csv(out / "08-accuracy_vs_noise-claim-monotone.csv")

@@ -51,3 +51,14 @@ def test_matrix_exclude_and_include(tmp_path):
                  "include: [{model.layer.theta: 0.5, model.layer.phi: one_leg}]\n")
     cells = {(sp.config["model"]["layer"]["theta"], sp.config["model"]["layer"]["phi"]) for sp in load_suite(p).specs}
     assert cells == {(0.0, "one_leg"), (1.0, "one_leg"), (1.0, "convex"), (0.5, "one_leg")}
+
+
+def test_only_filters_by_case_and_never_crashes_on_an_absent_path():
+    from bench.suite import load_suite
+
+    root = Path(__file__).resolve().parents[1]
+    s = load_suite(root / "suites" / "quickstart.yaml", only=["case=ex1"])
+    assert len(s.specs) == 3 and all(sp.overrides["case"] == "ex1" for sp in s.specs)
+    s = load_suite(root / "suites" / "quickstart.yaml", only=["case=digits", "model.layer.theta=1.0"])
+    assert [sp.overrides for sp in s.specs] == [{"case": "digits", "model.layer.theta": 1.0}]
+    assert load_suite(root / "suites" / "quickstart.yaml", only=["model.no_such_key=1"]).specs == []

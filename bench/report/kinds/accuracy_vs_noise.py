@@ -165,7 +165,25 @@ def render(ctx, e):
                f"columns = {key_label(cols_key)}; {stat}"
                + (f"; 'paper' = {e['reference']}, Δ = ours − paper" if ref is not None else "")
                + (f"; beside ours: {', '.join(refs)}" if multi and refs else "") + ".")
-        ctx.table(pd.DataFrame(disp_rows), num, suffix, cap)
+        if multi:  # one table per metric: for each severity a row of ours, then a row per reference
+            for m in e["metrics"]:
+                rows_m = []
+                for sev in sevs:
+                    sel = num[(num["metric"] == m) & np.isclose(num["severity"], sev)]
+                    ours = {"severity": f"{sev:g}", "source": "this project"}
+                    for c in gcells:
+                        ours[_label(cols_key, c.hue)] = next(d[f"{m} {_label(cols_key, c.hue)}"] for d in disp_rows
+                                                             if d[e["rows"]] == f"{sev:g}")
+                    rows_m.append(ours)
+                    for rname in refs:
+                        r = {"severity": "", "source": rname}
+                        for c, (_, nr) in zip(gcells, sel.iterrows()):
+                            r[_label(cols_key, c.hue)] = fmt_num(nr[f"ref {rname}"], dec)
+                        rows_m.append(r)
+                ctx.table(pd.DataFrame(rows_m), num[num["metric"] == m], (suffix + "-" if suffix else "") + m,
+                          cap.replace("Accuracy (", f"{m} accuracy (", 1))
+        else:
+            ctx.table(pd.DataFrame(disp_rows), num, suffix, cap)
         if e["claims"] == "monotone" and len(gcells) > 1:
             _monotone(ctx, sub, gcells, e, cols_key, sevs, scale, dec, name, glabel, suffix)
         _figure(ctx, num, gcells, e, cols_key, name, glabel, suffix, ref is not None, unit)
