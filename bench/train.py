@@ -34,6 +34,8 @@ from .tasks.base import Task, aggregate
 __all__ = ["set_seed", "make_optimizer", "make_scheduler", "Scheduler", "make_loader", "train_epoch", "evaluate",
            "fit", "OPTIMIZERS", "SCHEDULERS", "PenaltyFn"]
 
+LAST_BATCH_LOSS = "last_batch_loss"  # the data loss of the epoch's last minibatch (a plateau monitor; not logged)
+
 PenaltyFn = Callable[[nn.Module, Tuple[torch.Tensor, torch.Tensor]], Tuple[torch.Tensor, Dict[str, float]]]
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
@@ -103,8 +105,9 @@ SCHEDULERS = {
 def make_scheduler(opt: torch.optim.Optimizer, cfg: Optional[Dict[str, Any]]) -> Optional[Scheduler]:
     """None, or ``{name: plateau|step|multistep|cosine|exponential, interval: epoch|step, monitor: ..., **kwargs}``.
 
-    plateau (ex1: patience 50, cooldown 50) steps once per epoch on ``monitor`` (default the training
-    ``loss``); the others step per epoch or, with ``interval: step``, per optimiser step (CIFAR's
+    plateau (ex1: patience 50, cooldown 50) steps once per epoch on ``monitor``: default the training
+    ``loss`` (the epoch mean), or ``last_batch_loss`` (the data loss of the epoch's last minibatch, what the
+    authors' code monitors: AUTHORS-CODE §1.7); the others step per epoch or, with ``interval: step``, per optimiser step (CIFAR's
     "÷10 every 24K steps" is ``{name: step, step_size: 24000, gamma: 0.1, interval: step}``)."""
     if cfg is None:
         return None
@@ -185,6 +188,7 @@ def train_epoch(model: nn.Module, loader: DataLoader, task: Task, optimizer: tor
         if on_batch is not None:
             on_batch(model)
         steps += 1
+        last_loss = loss.detach()
         m = task.metrics(out.detach(), y)
         n = m["n"]
         m["objective"] = float(total.detach()) * n
@@ -194,6 +198,8 @@ def train_epoch(model: nn.Module, loader: DataLoader, task: Task, optimizer: tor
     res = aggregate(sums)
     res["steps"] = float(steps)
     res["time"] = time.perf_counter() - t0
+    if steps:
+        res[LAST_BATCH_LOSS] = float(last_loss)
     return res
 
 
@@ -237,12 +243,13 @@ def fit(model: nn.Module, task: Task, train_set: Dataset, train_cfg: Dict[str, A
             break
         tr = train_epoch(model, loader, task, opt, device, penalty_fn, sched, cfg.get("grad_clip"), left, on_batch)
         done += int(tr["steps"])
+        last_batch = {LAST_BATCH_LOSS: tr.pop(LAST_BATCH_LOSS)} if LAST_BATCH_LOSS in tr else {}
         metrics = {f"train/{k}": v for k, v in tr.items()}
         if val_loader is not None:
             metrics.update({f"val/{k}": v for k, v in evaluate(model, val_loader, task, device).items()})
         metrics["lr"] = opt.param_groups[0]["lr"]
         if sched is not None:
-            sched.step_epoch({**tr, **metrics})
+            sched.step_epoch({**tr, **metrics, **last_batch})
         history.append(metrics)
         if callback is not None and callback(epoch, metrics):
             break

@@ -49,8 +49,11 @@ def xavier_unit_frobenius_(module: nn.Module) -> nn.Module:
 class MLPField(nn.Module):
     """Fully connected field on vectors: ``dims = [d, w1, …, wk, d]``, activation between layers.
 
-    ``bias_last=False`` drops the bias of the output layer (ex1); ``init="xavier_uniform"`` as the
-    authors' code (biases zero), ``"default"`` keeps PyTorch's.
+    ``bias_last=False`` drops the bias of the output layer (ex1); ``init="xavier_uniform"`` (biases zero),
+    ``"xavier_unit_frobenius"`` the authors' redraw (:func:`xavier_unit_frobenius_`), ``"default"`` PyTorch's.
+    An activation precedes every linear layer but the first, so the authors' "width w, depth k" MLP
+    (k + 2 linear layers, the last activation before the bias-free output layer) is
+    ``dims = [d] + [w] * (k + 1) + [d]``, ``bias_last=False``.
     """
 
     def __init__(self, dims: Sequence[int], activation: str = "relu", bias_last: bool = True,
@@ -59,8 +62,8 @@ class MLPField(nn.Module):
         dims = [int(d) for d in dims]
         if len(dims) < 2 or any(d < 1 for d in dims):
             raise ValueError(f"MLPField dims must be >= 2 positive sizes, got {dims}")
-        if init not in ("xavier_uniform", "default"):
-            raise ValueError(f"unknown init {init!r}; valid: xavier_uniform, default")
+        if init not in ("xavier_uniform", "xavier_unit_frobenius", "default"):
+            raise ValueError(f"unknown init {init!r}; valid: xavier_uniform, xavier_unit_frobenius, default")
         layers = []
         for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
             last = i == len(dims) - 2
@@ -74,6 +77,8 @@ class MLPField(nn.Module):
                 layers.append(make_activation(activation))
         self.net = nn.Sequential(*layers)
         self.dims = dims
+        if init == "xavier_unit_frobenius":
+            xavier_unit_frobenius_(self)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         return self.net(y)

@@ -63,7 +63,7 @@ def test_gated_field_eigenvalues_lie_in_the_disc():
         g.shift_b.fill_(-0.4)
         g.scales.copy_(torch.randn(d, dtype=torch.float64))
     F = GatedEigenRangeField(field, g, spectral_norm="exact", init_iterations=200).double()
-    a, b = (float(v) for v in g.ends())
+    a, b = (float(v.detach()) for v in g.ends())
     c, r = 0.5 * (a + b), 0.5 * (b - a) * float(g.scale().max())
     for _ in range(5):
         y = torch.randn(d, dtype=torch.float64)
@@ -206,3 +206,80 @@ def test_corruption_repeats_equal_the_dataset_seen_k_times():
     with pytest.raises(ValueError, match="repeats"):
         evaluate_corruptions(model, Tiny(), data, {"gaussian": {"std": [0.3], "repeats": 0}})
     assert not math.isnan(rep["value"].iloc[0])
+
+
+def test_paper_suites_build_the_authors_fields():
+    from pathlib import Path
+
+    from bench.suite import load_suite
+
+    root = Path(__file__).resolve().parents[1] / "suites" / "paper"
+    for suite, n_params in (("ex1_sine.yaml", 380), ("ex3_lotka.yaml", 1780)):  # AUTHORS-CODE §2.1, §2.3
+        m = build_model(load_suite(root / suite).specs[0].config["model"])
+        assert sum(p.numel() for p in m.parameters()) == n_params
+        f = m.block.fields[0]
+        y = torch.randn(4, f.gates.scales.shape[0])
+        assert torch.allclose(f(y), 0.9801 * f.field(y), atol=1e-6)  # fixed gates: 0.99 · 0.99
+        weights = [p for n, p in f.field.named_parameters() if n.endswith("weight")]
+        assert all(0.6 < float(w.norm()) < 1.4 for w in weights)  # unit-Frobenius redraw
+        assert all(bool((p == 0).all()) for n, p in f.field.named_parameters() if n.endswith("bias"))
+
+
+def test_plateau_on_last_batch_loss_follows_a_hand_stepped_scheduler():
+    """The scheduler sees the data loss of each epoch's last minibatch (not the epoch mean)."""
+    from torch.utils.data import TensorDataset
+
+    from bench.tasks.base import Task
+    from bench.train import fit
+
+    class Reg(Task):
+        name, kind = "reg", "regression"
+
+        def loss(self, out, y):
+            return ((out - y) ** 2).mean()
+
+        def metrics(self, out, y):
+            return {"n": float(y.shape[0]), "loss": float(((out - y) ** 2).mean(1).sum())}
+
+    torch.manual_seed(0)
+    x, y = torch.randn(12, 3), torch.randn(12, 1)
+    cfg = {"epochs": 12, "batch_size": 5, "optimizer": {"name": "sgd", "lr": 0.5},
+           "scheduler": {"name": "plateau", "factor": 0.5, "patience": 1, "threshold": 0.0, "monitor": "last_batch_loss"}}
+    torch.manual_seed(1)
+    model = nn.Linear(3, 1)
+    hist = fit(model, Reg(), TensorDataset(x, y), cfg, seed=3)
+    # the oracle: the same loop by hand, a torch ReduceLROnPlateau stepped on the last batch's loss
+    torch.manual_seed(1)
+    ref = nn.Linear(3, 1)
+    opt = torch.optim.SGD(ref.parameters(), lr=0.5)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=1, threshold=0.0)
+    from bench.train import make_loader
+
+    loader = make_loader(TensorDataset(x, y), 5, shuffle=True, seed=3)  # the same batches as fit's
+    lrs = []
+    for _ in range(12):
+        for xb, yb in loader:
+            opt.zero_grad()
+            loss = ((ref(xb) - yb) ** 2).mean()
+            loss.backward()
+            opt.step()
+        lrs.append(opt.param_groups[0]["lr"])
+        sched.step(float(loss))
+    assert [h["lr"] for h in hist] == pytest.approx(lrs)
+    assert len(set(lrs)) > 1  # the schedule did reduce
+    assert "train/last_batch_loss" not in hist[0]
+
+
+def test_loss_mean_over_entries_with_initial_is_the_authors_normalisation():
+    from bench.tasks import build_task
+
+    task = build_task({"name": "ex3_lotka", "n_orbits": 2, "extrapolate": 20.0, "loss_mean": "entries_with_initial"})
+    target = torch.randn(2, 50, 2)
+    out = torch.randn(2, 51, 2)  # a trajectory: y_0 .. y_50
+    out[:, 0] = 0.0
+    full_out = out
+    full_tgt = torch.cat([torch.zeros(2, 1, 2), target], dim=1)  # the error-free initial point included
+    expected = float(((full_out - full_tgt) ** 2).mean())  # mean over 2 x 51 x 2 entries
+    assert float(task.loss(out, target)) == pytest.approx(expected, rel=1e-6)
+    m = task.metrics(out, target)
+    assert m["loss"] / m["n"] == pytest.approx(expected, rel=1e-6)

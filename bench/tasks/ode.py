@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Literal, Optional, Tuple
 
 import numpy as np
 import torch
@@ -73,11 +73,22 @@ class TrajectoryTask(RegressionTask):
             raise ValueError(f"the model's {s} steps are not a multiple of the {n_points} sample points")
         return traj[:, s // n_points::s // n_points]
 
+    def _loss_scale(self, target: torch.Tensor) -> float:
+        """``loss_mean: points`` (default): per trajectory, the mean over the P sample points of ‖y_j − z_j‖²;
+        ``entries_with_initial``: the mean over all (P + 1)·d entries including the (error-free) initial
+        point, as the authors' code (AUTHORS-CODE §2.2-2.3): the same sum times P / ((P + 1) d)."""
+        if getattr(self.options, "loss_mean", "points") == "points":
+            return 1.0
+        P, d = target.shape[1], target[0, 0].numel()
+        return P / ((P + 1) * d)
+
     def loss(self, output, target):
-        return super().loss(self.select(output, target.shape[1]), target)
+        return super().loss(self.select(output, target.shape[1]), target) * self._loss_scale(target)
 
     def metrics(self, output, target):
-        return super().metrics(self.select(output, target.shape[1]), target)
+        m = super().metrics(self.select(output, target.shape[1]), target)
+        m["loss"] *= self._loss_scale(target)
+        return m
 
 
 # --------------------------------------------------------------------------------------- ex1
@@ -138,6 +149,8 @@ class Ex2Options(TaskOptions):
     n_test: int = Field(100, ge=1, description="test trajectories (fresh initial conditions)")
     test_points: Optional[int] = Field(None, description="points per test trajectory (default: points)")
     z0_range: Tuple[float, float] = Field((-2.0, 2.0), description="uniform range of z(0) (inferred)")
+    loss_mean: Literal["points", "entries_with_initial"] = Field(
+        "points", description="mean over the sample points, or over all entries incl. t0 (the authors')")
     horizon: float = Field(2.0, gt=0, description="t ∈ [0, horizon]")
     steps: int = Field(20, ge=1, description="T of the default model (one field per step)")
 
@@ -222,6 +235,9 @@ class Ex3Options(TaskOptions):
     horizon: float = Field(10.0, gt=0, description="training interval [0, horizon]")
     dt: float = Field(0.2, gt=0, description="spacing of the data points (51 points on [0, 10])")
     extrapolate: float = Field(200.0, gt=0, le=1000.0, description="test interval [0, extrapolate] (≤ 1000)")
+    loss_mean: Literal["points", "entries_with_initial"] = Field(
+        "points", description="mean over the sample points (sum over coordinates), or over all entries incl. t = 0 "
+                              "(the authors')")
 
 
 class Ex3Lotka(TrajectoryTask):

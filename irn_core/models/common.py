@@ -11,6 +11,7 @@ The ``layer`` dict of a model config (same for every model)::
       initial_guess: explicit    # explicit (x + hF(x)) | previous (x, the authors' code)
       # theta defaults to 0.0 (explicit) when omitted; phi/solver/backward default as in ThetaLayer
       field: {eig_range: [-3, 1], ...}   # optional wrapping of every field F (see make_field)
+      # or field: {gated: {limits: [-1, 0, 1], spectral_norm: null}}: the authors' gated F^{a,b} (0.9801·F)
 
 The step size h (and the number of steps) are model options, not layer options.
 """
@@ -66,6 +67,8 @@ def make_field(base: nn.Module, field_cfg: Dict[str, Any], input_shape: Optional
     S(ϑ) and the input shape of the conv spectral norms.
     """
     cfg = dict(field_cfg)
+    if "gated" in cfg:
+        return _gated(base, cfg, input_shape)
     rng = cfg.pop("eig_range", None)
     if rng is None:
         if cfg:
@@ -79,6 +82,30 @@ def make_field(base: nn.Module, field_cfg: Dict[str, Any], input_shape: Optional
         if len(input_shape) > 1:
             cfg["input_shape"] = tuple(input_shape)
     return cls(base, eig_range=tuple(rng), **cfg)
+
+
+GATED_KEYS = ("limits", "spectral_norm", "learnable_scale", "learnable_ends")
+
+
+def _gated(base: nn.Module, cfg: Dict[str, Any], input_shape: Optional[Sequence[int]]) -> nn.Module:
+    """``field: {gated: {limits: [min, init, max], spectral_norm: exact|bound|null, learnable_scale, learnable_ends}}``:
+    the authors' gated F^{a,b} (:class:`irn_core.normalization.GatedEigenRangeField`); ``gated: {}`` is their
+    default 0.9801·F (limits (−1, 0, 1), nothing learnable, no spectral norm)."""
+    from ..normalization import EigenGates, GatedEigenRangeField
+
+    g = cfg.pop("gated")
+    if cfg:
+        raise ValueError(f"layer.field.gated excludes {', '.join(map(repr, sorted(cfg)))}")
+    g = dict(g or {})
+    bad = sorted(set(g) - set(GATED_KEYS))
+    if bad:
+        raise ValueError(f"unknown option(s) {', '.join(map(repr, bad))} for layer.field.gated; valid: {', '.join(GATED_KEYS)}")
+    if input_shape is None:
+        raise ValueError("layer.field.gated needs the state shape")
+    gates = EigenGates(g.get("limits", (-1.0, 0.0, 1.0)), tuple(input_shape), bool(g.get("learnable_scale", False)),
+                       bool(g.get("learnable_ends", False)))
+    return GatedEigenRangeField(base, gates, g.get("spectral_norm"), init_iterations=5,
+                                input_shape=input_shape if len(input_shape) > 1 else None)
 
 
 def check_kwargs(fn: Callable, kwargs: Dict[str, Any], what: str, skip: Sequence[str] = ()) -> None:

@@ -1,5 +1,13 @@
 """training_curves: loss components and metrics per epoch, one line per cell, seeds as bands
-(journal Figure 7 top)."""
+(journal Figure 7 top).
+
+``reference: <name or .csv>`` (default none) draws a reference's logged curves beside ours — e.g. the bundled
+``authors-ex1-ex3-curves``: Reshniak & Webster's tensorboard logs at commit e831e4c, seed 10 (AUTHORS-CODE.md §2.1
+ex1, §2.3 ex3) — and adds the table "final training loss: ours vs the authors'". A reference is long format
+(key columns, ``metric``, ``epoch``, ``value``); a cell takes the curve whose key columns all match it: ``case``
+against the cell's case, any other column as a dotted path into the cell's resolved config (numbers with
+math.isclose; an empty reference value matches anything). Epochs: our step k is epoch k (1-based); the
+reference's epoch numbers are taken on the same scale."""
 from __future__ import annotations
 
 import math
@@ -7,7 +15,9 @@ import math
 import numpy as np
 import pandas as pd
 
+from ...suite import get_path
 from ..output import default_hue, key_label, split_groups
+from ..references import check_reference, reference_path, suite_reference
 from ..registry import register_report
 from ._common import make_cells, pretty_metric, split_by_default
 
@@ -36,17 +46,124 @@ def _check(e):
         errs.append("metrics: must be a list of metric names such as train/loss")
     if e["logy"] not in (None, True, False):
         errs.append("logy: must be true, false or omitted (auto)")
-    return errs
+    return errs + check_reference(e["reference"])
+
+
+_REF_COLS = ("metric", "epoch", "value")
+_CHECKPOINTS = (300, 1000)  # the authors' checkpoints compared in the final-loss table
+
+
+def _matches(want, got) -> bool:
+    """A reference key value against a cell's config value: empty/NaN matches anything; numbers isclose."""
+    if want is None or (isinstance(want, float) and math.isnan(want)):
+        return True
+    if got is None:
+        return False
+    num = (int, float, np.integer, np.floating)
+    if isinstance(want, num) and isinstance(got, num) and not isinstance(got, bool):
+        return math.isclose(float(want), float(got), rel_tol=1e-9, abs_tol=1e-12)
+    return str(want) == str(got)
+
+
+def _ref_curve(ctx, ref, cell):
+    """(the reference rows of the first curve matching ``cell`` (metric, epoch, value), {key: cell value}),
+    or (None, {})."""
+    keys = [k for k in ref.columns if k not in _REF_COLS]
+    first = cell.runs.iloc[0]
+    cfg = ctx.data.config(first["spec_hash"])
+    got = {k: first["case"] if k == "case" else get_path(cfg, k, None) for k in keys}
+    if not keys:
+        return ref, got
+    for vals, rows in ref.groupby(keys, dropna=False, sort=False):
+        vals = vals if isinstance(vals, tuple) else (vals,)
+        if all(_matches(v, got[k]) for k, v in zip(keys, vals)):
+            return rows.sort_values("epoch"), got
+    return None, {}
+
+
+def _ref_title(name, ctx) -> str:
+    """The reference's name and its first comment line (its source)."""
+    from pathlib import Path
+
+    with open(reference_path(name, Path(ctx.data.suite.path).parent)) as f:
+        line = f.readline().strip()
+    return f"{name} ({line.lstrip('#').strip().rstrip('.,;')})" if line.startswith("#") else name
+
+
+def _g(x, digits=4) -> str:
+    return "—" if x is None or math.isnan(x) else f"{x:.{digits}g}"
+
+
+def _final_loss_table(ctx, e, sub, cells, curves, suffix, title_part, m="train/loss"):
+    """Table "final training loss: ours vs the authors'": per matched cell our ``m`` at each finished seed's last
+    logged epoch (mean, ± std from 2 seeds), the reference's value at its last epoch, ours / theirs, and both at
+    the epochs of :data:`_CHECKPOINTS` logged by both."""
+    if m not in sub.columns:
+        ctx.note(f"{title_part or 'training curves'}: {m} not logged; no final-loss comparison.")
+        return
+    disp, num = [], []
+    for c, (rc, keyvals) in zip(cells, curves):
+        if rc is None or c.finished.empty:
+            continue
+        rm = rc[rc["metric"] == m].dropna(subset=["value"])
+        if rm.empty:
+            continue
+        rows = sub[sub["spec_hash"].isin(c.finished["spec_hash"])][["spec_hash", "epoch", m]].dropna()
+        if rows.empty:
+            continue
+        last = rows.sort_values("epoch").groupby("spec_hash").tail(1)
+        vals = last[m].astype(float)
+        n = len(vals)
+        mean = float(vals.mean())
+        sd = float(vals.std()) if n > 1 else float("nan")
+        ep_ours = sorted({int(x) for x in last["epoch"]})
+        a_ep, a_val = int(rm["epoch"].iloc[-1]), float(rm["value"].iloc[-1])
+        ratio = mean / a_val if a_val else float("nan")
+        d = {"cell": c.label, "seeds": str(n),
+             "ours: last epoch": "/".join(map(str, ep_ours)),
+             f"ours: final {m}": _g(mean) + (f" ± {_g(sd, 2)}" if n > 1 else ""),
+             "authors: last epoch": str(a_ep), "authors": _g(a_val), "ours / authors": _g(ratio, 3)}
+        r = {"cell": c.label, **keyvals, "n_seeds": n, "ours_epoch": max(ep_ours), "ours_final_mean": mean,
+             "ours_final_std": sd, "authors_epoch": a_ep, "authors_final": a_val, "ratio": ratio}
+        for k in _CHECKPOINTS:
+            o = rows[rows["epoch"] == k][m]
+            a = rm[rm["epoch"] == k]["value"]
+            both = len(o) and len(a)
+            r[f"ours_at_{k}"] = float(o.mean()) if both else float("nan")
+            r[f"authors_at_{k}"] = float(a.iloc[0]) if both else float("nan")
+            d[f"ours @{k}"], d[f"authors @{k}"] = _g(r[f"ours_at_{k}"]), _g(r[f"authors_at_{k}"])
+        disp.append(d)
+        num.append(r)
+    if not disp:  # no curve matched at all: the figure's caption says so
+        if any(rc is not None for rc, _ in curves):
+            ctx.note(f"{title_part or 'training curves'}: no finished cell has a {m} curve in reference "
+                     f"{e['reference']!r}.")
+        return
+    disp, num = pd.DataFrame(disp), pd.DataFrame(num)
+    for k in _CHECKPOINTS:  # checkpoint columns only where some cell has that epoch in both
+        if num[f"ours_at_{k}"].isna().all():
+            disp = disp.drop(columns=[f"ours @{k}", f"authors @{k}"])
+    ns = sorted({int(x) for x in num["n_seeds"]})
+    cap = (f"Final training loss ({m}): ours vs the authors'{' — ' + title_part if title_part else ''}. "
+           f"Ours: mean over {'/'.join(map(str, ns))} finished seed{'s' if ns != [1] else ''} of {m} at each "
+           f"seed's last logged epoch" + (" ± std over seeds" if max(ns) > 1 else " (no ± from one seed)")
+           + f"; authors: reference {_ref_title(e['reference'], ctx)}, at their last logged epoch; "
+           f"ours / authors = ratio of the two; @{'/@'.join(map(str, _CHECKPOINTS))}: both at that epoch when "
+           "both logged it.")
+    ctx.table(disp, num, (suffix + "-" if suffix else "") + "final-loss", cap)
 
 
 @register_report("training_curves",
-                 {"metrics": None, "hue": None, "split_by": None, "band": "std", "logy": None},
+                 {"metrics": None, "hue": None, "split_by": None, "band": "std", "logy": None, "reference": None},
                  doc="metrics per epoch (default: every train/ and val/ metric), one line per cell coloured by θ, "
-                     "seeds as a ±std band; one figure per case", check=_check)
+                     "seeds as a ±std band; one figure per case; reference: authors-ex1-ex3-curves (or a CSV) "
+                     "draws the authors' logged curves dashed and tabulates the final training loss against theirs",
+                 check=_check)
 def render(ctx, e):
     ep = ctx.data.epochs
     split_by = split_by_default(ctx, e["split_by"])
     hue = default_hue(ctx.data, ctx.runs, e["hue"])
+    ref = suite_reference(ctx, e["reference"], {"metric", "epoch", "value"})
     for suffix, title_part, runs in split_groups(ctx.runs, split_by):
         fin = runs[runs["status"] == "finished"]
         sub = ep[ep["spec_hash"].isin(fin["spec_hash"])] if len(ep) else ep
@@ -63,6 +180,8 @@ def render(ctx, e):
         if not metrics:
             continue
         cells = make_cells(ctx, runs, hue, exclude=(split_by,) if split_by else ())
+        curves = [_ref_curve(ctx, ref, c) for c in cells] if ref is not None else [(None, {})] * len(cells)
+        drawn = False
         import matplotlib.pyplot as plt
 
         n = len(metrics)
@@ -86,9 +205,16 @@ def render(ctx, e):
                         lo, hi = g.min(), g.max()
                     ax.fill_between(mean.index, lo.values, hi.values, color=c.color, alpha=0.2, lw=0,
                                     rasterized=len(mean) > 300)
+            refvals = []
+            for c, (rc, _) in zip(cells, curves):  # the reference's curve: same colour, dashed, thinner
+                r = rc[rc["metric"] == m].dropna(subset=["value"]) if rc is not None and not c.finished.empty else None
+                if r is not None and len(r):
+                    ax.plot(r["epoch"], r["value"], color=c.color, ls="--", lw=0.8, rasterized=len(r) > 300)
+                    refvals.append(r["value"])
+                    drawn = True
             logy = e["logy"]
             if logy is None:
-                vals = sub[m].dropna()
+                vals = pd.concat([sub[m].dropna()] + refvals) if refvals else sub[m].dropna()
                 logy = (("loss" in m or "mse" in m or "penalty" in m or "objective" in m)
                         and len(vals) and (vals > 0).all() and vals.max() / max(vals.min(), 1e-300) > 20)
             if logy:
@@ -99,6 +225,10 @@ def render(ctx, e):
         for ax in list(axes.flat)[n:]:
             ax.set_visible(False)
         handles, labels = axes.flat[0].get_legend_handles_labels()
+        if drawn:
+            from matplotlib.lines import Line2D
+
+            handles, labels = handles + [Line2D([], [], color="0.3", ls="--", lw=0.8)], labels + ["authors (dashed)"]
         if handles:
             fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(labels), 5),
                        frameon=False, title=key_label(hue) if hue else None)
@@ -110,4 +240,9 @@ def render(ctx, e):
                f"{key_label(hue) if hue else 'cell'}" + ("; bands: seeds" if runs['seed'].nunique() > 1 else ""))
         if missing:
             cap += "; not shown: " + ", ".join(missing)
+        if ref is not None:
+            cap += (f"; dashed: reference {e['reference']} (the authors' logged curves), in the matching cell's colour"
+                    if drawn else f"; no cell matches a curve of reference {e['reference']}")
         ctx.figure(fig, suffix, cap)
+        if ref is not None:
+            _final_loss_table(ctx, e, sub, cells, curves, suffix, title_part)
