@@ -32,6 +32,7 @@ matrix:
 reports:
   - {kind: training_curves}
   - {kind: training_curves, reference: authors-ex1-ex3-curves}
+  - {kind: iterations_grid, reference: authors-ex1-ex3-curves}
 """
 
 
@@ -200,3 +201,24 @@ def test_reference_curve_matching(case, cfg, want):
     assert sorted(map(tuple, rows[["metric", "epoch", "value"]].values.tolist())) == \
         sorted(map(tuple, sel[["metric", "epoch", "value"]].values.tolist()))
     assert keyvals["model.layer.theta"] == theta
+
+
+def test_iterations_grid_is_fevals_per_step_of_the_last_epoch_with_the_authors_value(rendered):
+    from mlflow import MlflowClient
+
+    got = pd.read_csv(rendered["out"] / "03-iterations_grid.csv")
+    c = MlflowClient(rendered["uri"])
+    exp = c.get_experiment_by_name("rcurves")
+    for r in [r for r in c.search_runs([exp.experiment_id]) if r.data.tags.get("irn.role") == "cell"]:
+        theta = float(r.data.params["model.layer.theta"])
+        row = got[got["model.layer.theta"] == theta].iloc[0]
+        keys = [k for k in r.data.metrics if k.endswith("/fwd_nfe")]
+        ours = 0.0 if not keys else sum(r.data.metrics[k] for k in keys) / len(keys) / 5  # 5 steps per block
+        assert row["fevals_per_step"] == pytest.approx(ours, rel=1e-9)
+        assert row["n_seeds"] == 1
+        if SHARED.exists():  # the authors' closure evaluations per step at their last logged epoch
+            ref = pd.read_csv(SHARED)
+            a = ref[(ref["example"] == "ex1_sine") & (ref["alpha_div"] == 0.0) & (ref["theta"] == theta)
+                    & (ref["metric"] == "forward_iters_per_step")]
+            assert row["reference"] == float(a[a["epoch"] == a["epoch"].max()]["value"].iloc[0])
+    assert (rendered["out"] / "03-iterations_grid.png").stat().st_size > 0
