@@ -427,3 +427,24 @@ def test_verdict_rule(diffs, want):
     from bench.report.kinds._common import verdict
 
     assert verdict(diffs)[0] == want
+
+
+def test_invariant_drift_is_zero_on_the_exact_orbit_and_positive_off_it(store):
+    import numpy as np
+
+    from bench.report.kinds.trajectories import _invariant_drift
+    from bench.tasks.ode import lotka_invariant, lotka_solution
+
+    z = np.stack([lotka_solution((1.0, 1.0 + 0.2 * k), 0.2, 500) for k in range(3)])  # t in [0, 100]
+    assert _invariant_drift(z) < 1e-7
+    t = np.arange(501) * 0.2
+    decay = z * np.exp(-0.002 * t)[None, :, None]
+    V = lotka_invariant(decay[..., 0], decay[..., 1])
+    want = np.mean(np.max(np.abs(V - V[:, :1]), axis=1) / np.abs(V[:, 0]))
+    assert _invariant_drift(decay) == pytest.approx(want) and want > 1e-3
+    neg = z.copy()
+    neg[0, 10, 0] = -0.1
+    assert _invariant_drift(neg) == float("inf")
+    got = pd.read_csv(store["out"] / "06-trajectories-ex3.csv")
+    assert "invariant_drift/continuous/mean" in got.columns and "invariant_drift/discrete/mean" in got.columns
+    assert "invariant_drift/continuous/mean" not in pd.read_csv(store["out"] / "06-trajectories-ex2.csv").columns

@@ -52,6 +52,7 @@ def render(ctx, e):
         panels, table, num = [], [], []
         for c in cells:
             errs = {"discrete": {"in": [], "out": []}, "continuous": {"in": [], "out": []}}
+            drifts = {"discrete": [], "continuous": []}
             shown = None
             for _, row in c.finished.sort_values("seed").iterrows():
                 try:
@@ -68,6 +69,8 @@ def render(ctx, e):
                         v = res["rmse"][kind][part]
                         if v is not None:
                             errs[kind][part].append(v)
+                    if kind in res["drift"]:
+                        drifts[kind].append(res["drift"][kind])
             if shown is not None:
                 panels.append((c, shown))
             drow = {"cell": c.label}
@@ -80,6 +83,12 @@ def render(ctx, e):
                                                    ("—" if len(c.finished) else c.status_text))
                     m, sd, n = mean_sd(vals)
                     nrow[f"rmse/{kind}/{part}/mean"], nrow[f"rmse/{kind}/{part}/std"], nrow["n_seeds"] = m, sd, n
+            for kind, vals in drifts.items():
+                if vals:
+                    fin = [v for v in vals if math.isfinite(v)]
+                    drow[f"invariant drift {kind}"] = (mean_std(fin, 3) if len(fin) == len(vals)
+                                                       else f"leaves z > 0 ({len(vals) - len(fin)}/{len(vals)} seeds)")
+                    nrow[f"invariant_drift/{kind}/mean"] = mean_sd(vals)[0] if len(fin) == len(vals) else float("inf")
             table.append(drow)
             num.append(nrow)
         if not panels:
@@ -93,7 +102,10 @@ def render(ctx, e):
         ctx.table(disp, pd.DataFrame(num), suffix,
                   f"Root-mean-square error of the rollouts against the exact solution on all test trajectories"
                   f"{' — ' + title_part if title_part else ''}, up to the training horizon and beyond it "
-                  f"(extrapolation); mean ± std over seeds.")
+                  f"(extrapolation); mean ± std over seeds"
+                  + ("; invariant drift (ex3): max over the rollout of |V(z(t)) − V(z(0))| / V(z(0)), V the Lotka–Volterra "
+                     "invariant, mean over the test orbits — 0 for a flow that stays on its orbit" if
+                     any("invariant_drift/continuous/mean" in r for r in num) else "") + ".")
         _figure(ctx, panels, e, title_part, suffix)
 
 
@@ -138,12 +150,27 @@ def _rollouts(ctx, row, e):
         rm[kind] = {}
         for part, mask in (("in", tsel <= t_train + 1e-9), ("out", tsel > t_train + 1e-9)):
             rm[kind][part] = float(np.sqrt(np.mean((pred[:, mask] - ref[:, mask]) ** 2))) if mask.any() else None
+    drift = {}
+    if getattr(task, "name", "") == "ex3_lotka":  # staying on the orbit: the Lotka–Volterra invariant along the rollout
+        drift = {"discrete": _invariant_drift(disc), "continuous": _invariant_drift(cont_dense)}
     s = min(int(e["sample"]), x0.shape[0] - 1)
-    return {"seed": int(row["seed"]), "t_steps": t_steps, "disc": disc[s], "t_dense": t_dense, "cont": cont_dense[s],
+    return {"drift": drift, "seed": int(row["seed"]), "t_steps": t_steps, "disc": disc[s], "t_dense": t_dense, "cont": cont_dense[s],
             "exact": None if exact_dense is None else exact_dense[s], "data_t": np.arange(1, yte.shape[1] + 1) *
             (float(task.target_horizon(yte)) / yte.shape[1]) if hasattr(task, "target_horizon") else None,
             "data": yte.numpy()[s], "x0": x0n[s], "t_train": t_train, "horizon": horizon, "d": d, "rmse": rm,
             "sample": s}
+
+
+def _invariant_drift(states: np.ndarray) -> float:
+    """max over the rollout of |V(z(t)) − V(z(0))| / V(z(0)), averaged over the trajectories; V the Lotka–Volterra
+    invariant (conserved by the true flow). ∞ when a state leaves the positive quadrant (V undefined)."""
+    from ...tasks.ode import lotka_invariant
+
+    z = np.asarray(states, dtype=np.float64)
+    if not np.isfinite(z).all() or (z <= 0).any():
+        return float("inf")
+    V = lotka_invariant(z[..., 0], z[..., 1])
+    return float(np.mean(np.max(np.abs(V - V[:, :1]), axis=1) / np.abs(V[:, 0])))
 
 
 def _figure(ctx, panels, e, title_part, suffix):
