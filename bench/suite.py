@@ -49,6 +49,10 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
     seen: Dict[Any, Any] = {}
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=True)
+        if not isinstance(key, str):
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping", node.start_mark,
+                f"found key {key!r} of type {type(key).__name__}; keys must be strings (quote it)", key_node.start_mark)
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 "while constructing a mapping", node.start_mark,
@@ -61,13 +65,51 @@ _StrictLoader.construct_mapping_plain = yaml.SafeLoader.construct_mapping  # typ
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
+MAX_SUITE_BYTES = 1 << 20  # a suite is a page of YAML; 1 MiB is far beyond any real one
+MAX_DEPTH = 32  # nesting of mappings/sequences
+
+
+def _decode(path: Path, raw: bytes) -> str:
+    if len(raw) > MAX_SUITE_BYTES:
+        raise SuiteError(str(path), [f"file is {len(raw)} bytes; a suite file may have at most {MAX_SUITE_BYTES}"])
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise SuiteError(str(path), [f"not UTF-8 text: byte 0x{raw[e.start]:02x} at line {line} (offset {e.start}); "
+                                     "save the file as UTF-8"]) from None
+
+
+def _check_events(path: Path, text: str) -> None:
+    """Before anything is built: no anchors/aliases (alias expansion is the 'billion laughs' attack and a
+    suite never needs it) and a bounded nesting depth (deep nesting exhausts the stack)."""
+    depth = 0
+    try:
+        for ev in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(ev, yaml.AliasEvent) or getattr(ev, "anchor", None):
+                m = ev.start_mark
+                raise SuiteError(str(path), [f"YAML anchors and aliases (&name, *name) are not allowed in suite files "
+                                             f"(line {m.line + 1}, column {m.column + 1}); write the values out"])
+            if isinstance(ev, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    m = ev.start_mark
+                    raise SuiteError(str(path), [f"nesting deeper than {MAX_DEPTH} levels at line {m.line + 1}"])
+            elif isinstance(ev, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                depth -= 1
+    except yaml.YAMLError:
+        return  # reported, with its position, by the loader below
+
+
 def read_yaml(path: Path) -> Dict[str, Any]:
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise SuiteError(str(path), ["file not found"]) from None
     except OSError as e:
         raise SuiteError(str(path), [f"cannot read file: {e}"]) from None
+    text = _decode(path, raw)
+    _check_events(path, text)
     try:
         data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.MarkedYAMLError as e:
@@ -154,13 +196,14 @@ def flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: no bool-as-number (``epochs: true`` is not 1) and no string-as-number (``theta: "0.5"``)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class _Named(BaseModel):
     """A registry entry: ``name`` plus options checked by the registry itself."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     name: str
 
 
@@ -172,7 +215,7 @@ class SolverCfg(_Named):
 class LayerCfg(BaseModel):
     """The implicit layers of a model (model-specific extra keys are checked by the model registry)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     theta: float = Field(0.5, ge=0.0, le=1.0)
     phi: Literal["one_leg", "convex"] = "one_leg"
     solver: Optional[SolverCfg] = None
@@ -188,7 +231,7 @@ class PartialModelCfg(BaseModel):
     """The suite's ``model:`` may leave out ``name`` (and anything else): it is merged over the task's
     default model; the resolved model is checked as a whole."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     name: Optional[str] = None
     layer: Optional[LayerCfg] = None
 
@@ -257,6 +300,9 @@ class SuiteCfg(_Strict):
     def _seeds(cls, v: List[int]) -> List[int]:
         if not v:
             raise ValueError("at least one seed is needed")
+        bad = [s for s in v if not 0 <= s < 2 ** 32]
+        if bad:
+            raise ValueError(f"seeds must be integers in [0, 2^32), got {bad}")
         if len(set(v)) != len(v):
             raise ValueError(f"seeds repeat: {v}")
         return v
@@ -422,7 +468,20 @@ def load_suite(path: str | Path, sets: List[str] = (), only: List[str] = (), see
             errors.append("task: field required (at top level, or in every case)")
         raise SuiteError(str(path), errors)
     base = {k: raw[k] for k in RUN_SECTIONS if k in raw}
+    import math
+    import os
+
+    cap = int(os.environ.get("IRN_MAX_RUNS", "10000"))
+    n_runs = ((len(cfg.cases) or 1) * math.prod(len(v) for v in cfg.matrix.values()) + len(cfg.include)) * len(cfg.seeds)
+    if n_runs > cap:
+        sizes = " x ".join([f"{len(cfg.cases)} cases"] * bool(cfg.cases) + [f"{len(v)} {k}" for k, v in cfg.matrix.items()]
+                           + [f"{len(cfg.seeds)} seeds"])
+        raise SuiteError(str(path), errors + [f"matrix: expands to {n_runs} runs ({sizes}), over the cap of {cap}; "
+                                              "split the suite, or raise the cap with the environment variable "
+                                              "IRN_MAX_RUNS"])
     cells = expand_matrix(cfg)
+    if not cells:
+        errors.append("exclude: removes every cell of the matrix; nothing would run")
     short = _short_keys(sorted({k for c in cells for k in c}))
     specs: List[RunSpec] = []
     seen_errors: set = set()
@@ -456,7 +515,16 @@ def load_suite(path: str | Path, sets: List[str] = (), only: List[str] = (), see
     if errors:
         raise SuiteError(str(path), errors)
     if filters:
-        specs = [s for s in specs if all(_only_match(s, k, v) for k, v in filters)]
+        kept = [s for s in specs if all(_only_match(s, k, v) for k, v in filters)]
+        if not kept:
+            have = []
+            for k, _ in filters:
+                vals = sorted({json.dumps(sp.overrides.get("case") if k == "case" else get_path(sp.config, k, None),
+                                          default=str) for sp in specs})
+                have.append(f"{k} takes {', '.join(vals[:20])}" + (" …" if len(vals) > 20 else ""))
+            raise SuiteError(str(path), [f"--only {' '.join(f'{k}={v}' for k, v in filters)}: matches no run; "
+                                         + "; ".join(have)])
+        specs = kept
     return Suite(path=str(path), cfg=cfg, raw=raw, specs=specs)
 
 
@@ -471,6 +539,41 @@ def _only_match(spec: RunSpec, key: str, value: Any) -> bool:
     if isinstance(got, (int, float)) and isinstance(value, (int, float)) and not isinstance(got, bool):
         return float(got) == float(value)
     return got == value or str(got) == str(value)
+
+
+def _value_errors(resolved: Dict[str, Any]) -> List[str]:
+    """Numbers a run cannot start with: non-finite anywhere, a learning rate ≤ 0, a negative regulariser weight,
+    booleans or strings where θ or a learning rate goes."""
+    import math
+
+    errors: List[str] = []
+
+    def walk(v, path):
+        if isinstance(v, float) and not math.isfinite(v):
+            errors.append(f"{path}: must be a finite number (got {v!r})")
+        elif isinstance(v, dict):
+            for k, x in v.items():
+                walk(x, f"{path}.{k}" if path else str(k))
+        elif isinstance(v, (list, tuple)):
+            for i, x in enumerate(v):
+                walk(x, f"{path}[{i}]")
+
+    walk(resolved, "")
+
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    lr = (resolved.get("train", {}).get("optimizer") or {}).get("lr")
+    if lr is not None and (not number(lr) or not lr > 0):
+        errors.append(f"train.optimizer.lr: must be a number > 0 (got {lr!r})")
+    for name, opts in (resolved.get("regularizers") or {}).items():
+        w = (opts or {}).get("weight") if isinstance(opts, dict) else None
+        if w is not None and (not number(w) or w < 0):
+            errors.append(f"regularizers.{name}.weight: must be a number >= 0 (got {w!r})")
+    theta = ((resolved.get("model") or {}).get("layer") or {}).get("theta")
+    if theta is not None and not number(theta):
+        errors.append(f"model.layer.theta: must be a number in [0, 1] (got {theta!r})")
+    return errors
 
 
 def resolve_cell(cell_cfg: Dict[str, Any], validate_registries: bool = True) -> Tuple[Dict[str, Any], Optional[List[str]]]:
@@ -504,6 +607,7 @@ def resolve_cell(cell_cfg: Dict[str, Any], validate_registries: bool = True) -> 
         "evaluate": copy.deepcopy(cell_cfg.get("evaluate") or {}),
     }
     _canonical_layer(resolved["model"])
+    errors.extend(_value_errors(resolved))
     # strict sections
     for key, model in (("model", ModelCfg), ("train", TrainCfg), ("evaluate", EvaluateCfg)):
         try:

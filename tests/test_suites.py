@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.suite import load_suite
+from bench.suite import SuiteError, load_suite
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITES = sorted(p for p in (ROOT / "suites").rglob("*.yaml"))
@@ -25,7 +25,7 @@ def test_quickstart_cases_and_paper_grids():
     ex1 = load_suite(ROOT / "suites" / "paper" / "ex1_sine.yaml")
     assert len(ex1.specs) == 25
     assert ex1.specs[0].config["train"]["epochs"] == 3000  # the paper default comes from the task
-    assert ex1.specs[0].config["model"]["dims"] == [2, 10, 10, 10, 2]
+    assert ex1.specs[0].config["model"]["dims"] == [2, 10, 10, 10, 10, 2]  # width 10, depth 3: 5 linear layers
     v1 = load_suite(ROOT / "suites" / "paper" / "v1_spirals.yaml")
     assert len(v1.specs) == 24  # theta {0, 1} x sigma_pert {0, .01, .05, .1} x 3 seeds
     assert {sp.config["regularizers"]["perturbation_streams"]["weight"] for sp in v1.specs} == {0.001}
@@ -61,4 +61,7 @@ def test_only_filters_by_case_and_never_crashes_on_an_absent_path():
     assert len(s.specs) == 3 and all(sp.overrides["case"] == "ex1" for sp in s.specs)
     s = load_suite(root / "suites" / "quickstart.yaml", only=["case=digits", "model.layer.theta=1.0"])
     assert [sp.overrides for sp in s.specs] == [{"case": "digits", "model.layer.theta": 1.0}]
-    assert load_suite(root / "suites" / "quickstart.yaml", only=["model.no_such_key=1"]).specs == []
+    with pytest.raises(SuiteError, match=r"matches no run; model.layer.theta takes 0.0, 0.5, 1.0"):
+        load_suite(root / "suites" / "quickstart.yaml", only=["model.layer.theta=0.3"])
+    with pytest.raises(SuiteError, match="matches no run"):
+        load_suite(root / "suites" / "quickstart.yaml", only=["model.no_such_key=1"])

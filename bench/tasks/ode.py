@@ -95,6 +95,13 @@ class TrajectoryTask(RegressionTask):
 class Ex1Options(TaskOptions):
     n_train: int = Field(20, ge=2, description="evenly spaced training points")
     interval: Tuple[float, float] = (-5.0, 5.0)
+
+    @field_validator("interval")
+    @classmethod
+    def _ordered(cls, v):
+        if not v[0] < v[1]:
+            raise ValueError(f"interval must be (low, high) with low < high, got {v}")
+        return v
     n_test: int = Field(200, ge=2, description="evenly spaced test points on the same interval")
     steps: int = Field(5, ge=1, description="T of the default model")
 
