@@ -105,7 +105,8 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file."),
         set_: List[str] = SetOpt, only: List[str] = OnlyOpt, seeds: Optional[str] = SeedsOpt,
         device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
         jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Parallel workers (process/dask executors)."),
-        executor: str = typer.Option("local", help="local | process | dask"),
+        executor: Optional[str] = typer.Option(None, help="local | process | dask (default: process when --jobs > 1, "
+                                                "else local)"),
         scheduler: Optional[str] = typer.Option(None, help="dask scheduler address (default: a LocalCluster)."),
         threads: int = typer.Option(0, min=0, help="torch threads per run (0: all cores / jobs). CPU results are "
                                     "bit-identical only for the same thread count."),
@@ -119,6 +120,8 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file."),
     from .runner import CellContext
     from .tracking import TAG_ROLE, TAG_SUITE, Tracker, results_dir
 
+    if executor is None:
+        executor = "process" if jobs > 1 else "local"
     if executor not in EXECUTORS:
         err.print(f"--executor: unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")
         raise typer.Exit(2)
@@ -324,6 +327,27 @@ def _register_plugins() -> None:
 
 
 _register_plugins()
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        from .environment import git_commit
+
+        try:
+            v = version("irn-bench")
+        except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+            v = "unknown"
+        g = git_commit()
+        out.print(f"irn-bench {v} (git {g['commit']}{' + uncommitted changes' if g.get('dirty') else ''})")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and git commit, then exit.")):
+    """irn-bench: run, track, search and report suites of implicit residual network experiments."""
 
 
 def main() -> None:  # console script
