@@ -1297,18 +1297,6 @@ def render_search_report(study_or_storage: Any, out_dir: Path, study_name: Optio
     out_dir.mkdir(parents=True, exist_ok=True)
     paths: List[Path] = []
 
-    def save(ax, stem: str, title: Optional[str] = None) -> None:
-        first = np.atleast_1d(ax).flat[0]
-        fig = first.figure
-        if title:
-            fig.suptitle(title, fontsize=9)
-        fig.tight_layout()
-        for fmt in formats:
-            p = out_dir / f"{stem}.{fmt}"
-            fig.savefig(p, dpi=120)
-            paths.append(p)
-        plt.close(fig)
-
     for study in studies:
         stem = _safe_case(study.study_name)
         for kind, fig in search_figures(study):

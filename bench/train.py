@@ -18,7 +18,6 @@ generator and ``num_workers=0`` by default; random augmentations draw from torch
 from __future__ import annotations
 
 import inspect
-import math
 import random
 import time
 from dataclasses import dataclass

@@ -66,7 +66,6 @@ def time_epoch(task, model_cfg, train, batches, device):
     k = min(batches, steps_epoch)  # distinct batches per timed pass
     sub = Subset(train, range(min(len(train), (k + 1) * bs)))
     loader = make_loader(sub, bs, shuffle=True, seed=0)
-    it = iter(loader)
     warm = make_loader(Subset(train, range(min(len(train), bs))), bs, shuffle=False)
     train_epoch(model, warm, task, opt, device)  # warm-up step
     if device == "cuda":

@@ -11,7 +11,6 @@ No plotting here: functions return arrays/tensors for ``bench.report`` or a note
 """
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 

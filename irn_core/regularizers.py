@@ -19,8 +19,7 @@ implicit layer of a model. Valid names: see :data:`REGULARIZERS`.
 """
 from __future__ import annotations
 
-import math
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn

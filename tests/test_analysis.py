@@ -101,7 +101,7 @@ def test_rollout_piecewise_constant_per_step_fields():
     t = np.array([0.0, 0.25, 0.5, 0.75, 1.0, 1.4, 2.0])  # 2.0 > horizon 1.5: the last field continues
 
     def exact(tt):
-        acc, s = 0.0, 0.0
+        acc = 0.0
         for i, l in enumerate(lams):
             a, b = i * h, ((i + 1) * h if i < 2 else np.inf)
             acc += l * max(0.0, min(tt, b) - a)

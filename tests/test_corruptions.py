@@ -2,7 +2,7 @@
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import Subset, TensorDataset
+from torch.utils.data import Subset
 
 from bench.corruptions import CORRUPTIONS, Context, evaluate_corruptions, input_gradient, parse_spec
 from bench.tasks import build_task

@@ -10,7 +10,6 @@ from irn_core.fields import MLPField
 from irn_core.regularizers import (
     convergence_rate_penalty, diagonal_estimate, hutchinson, trajectory_penalty, trapezoid_weights, tv_penalty,
 )
-from irn_core.variants import nemon_lipschitz_bound
 
 D = torch.float64
 FAST = {"name": "anderson", "tol": 1e-10, "max_iter": 100}

@@ -16,8 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Optional
 
-from .registry import REPORTS, check_reports, get_report, register_report, report_kinds, resolve_entry
-from .render import ReportError, default_out_dir, render_suite
+from .registry import check_reports, get_report, register_report, report_kinds, resolve_entry
+from .render import ReportError, render_suite
 
 __all__ = ["render_suite", "register_cli", "check_reports", "register_report", "get_report", "report_kinds",
            "resolve_entry", "ReportError", "describe"]

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional
 import pandas as pd
 
 from ..suite import SCHEMA_VERSION, Suite, get_path
-from ..tracking import TAG_CELL, TAG_HASH, TAG_LABEL, TAG_REASON, TAG_SCHEMA, Tracker, _retry
+from ..tracking import TAG_HASH, TAG_LABEL, TAG_REASON, TAG_SCHEMA, Tracker, _retry
 
 __all__ = ["SuiteData", "load_suite_data", "select", "NO_RUNS"]
 

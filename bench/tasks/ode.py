@@ -7,8 +7,7 @@ there means k square matrices γ_1..γ_k besides γ_in and γ_out, so ex1 is [2,
 from __future__ import annotations
 
 import functools
-import math
-from typing import Any, Dict, List, Literal, Optional, Tuple
+from typing import Dict, Literal, Optional, Tuple
 
 import numpy as np
 import torch

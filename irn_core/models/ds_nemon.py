@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional, Sequence
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 

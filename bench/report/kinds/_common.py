@@ -7,7 +7,7 @@ from typing import Any, List, Optional, Sequence
 
 import pandas as pd
 
-from ..output import cell_key_columns, default_hue, hue_colors, hue_value, json_key, key_label
+from ..output import cell_key_columns, hue_colors, hue_value, json_key, key_label
 
 LINESTYLES = ["-", "--", ":", "-."]
 

@@ -3,7 +3,6 @@ recompute from it (vector_field, spectrum, trajectories)."""
 from __future__ import annotations
 
 import tempfile
-from pathlib import Path
 from typing import Any, List, Optional, Tuple
 
 import torch

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ...suite import get_path
-from ..output import hue_colors, hue_value, json_key, key_label, mean_std, fmt_num
+from ..output import json_key, key_label, mean_std, fmt_num
 from ..references import check_reference, suite_reference
 from ..registry import register_report
 from ._common import make_cells, mean_sd, t_interval, verdict
@@ -98,7 +98,6 @@ def render(ctx, e):
     cells = make_cells(ctx, runs, cols_key)
     other = {}
     for c in cells:
-        first = c.runs.iloc[0]
         rest = [p for p in c.label.split(" ") if not p.startswith(key_label(cols_key) + "=")]
         other.setdefault(" ".join(rest), []).append(c)
     for gi, (glabel, gcells) in enumerate(other.items()):

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from ...suite import get_path
-from ..output import hue_colors, json_key, key_label, mean_std
+from ..output import hue_colors, key_label, mean_std
 from ..references import check_reference, suite_reference
 from ..registry import register_report
 from ._common import mean_sd, _sort_key

@@ -234,7 +234,7 @@ def render(ctx, e):
                        frameon=False, title=key_label(hue) if hue else None)
         missing = [c.label + f" ({c.status_text})" for c in cells if c.finished.empty]
         fig.suptitle("Training curves" + (f" — {title_part}" if title_part else "")
-                     + (f" (mean ± std over seeds)" if e["band"] == "std" and runs["seed"].nunique() > 1 else ""))
+                     + (" (mean ± std over seeds)" if e["band"] == "std" and runs["seed"].nunique() > 1 else ""))
         fig.tight_layout()
         cap = (f"Training curves{' for ' + title_part if title_part else ''}: one line per cell, coloured by "
                f"{key_label(hue) if hue else 'cell'}" + ("; bands: seeds" if runs['seed'].nunique() > 1 else ""))

@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..output import default_hue, key_label, mean_std, split_groups
+from ..output import default_hue, mean_std, split_groups
 from ..registry import register_report
 from ._common import make_cells, mean_sd, split_by_default
-from ._model import ModelUnavailable, inputs, is_state_model, load_model, pick_run
+from ._model import ModelUnavailable, inputs, is_state_model, load_model
 
 
 def _exact(task, x0: np.ndarray, t: np.ndarray):
@@ -196,7 +196,6 @@ def _figure(ctx, panels, e, title_part, suffix):
                 else:
                     ax.plot(np.concatenate([[0.0], r["data_t"]]), np.concatenate([[r["x0"][k]], r["data"][:, k]]), "o",
                             color="black", ms=3)
-                x0k = r["x0"][k] if k < len(r["x0"]) else 0.0
                 ax.plot(t, states[:, k], color=c.color, lw=1.4, ls=styles[k % 3],
                         marker="." if key == "disc" and len(t) <= 60 else None, ms=3)
             # the y-range of the data (with a margin), not of a rollout that blows up (which would flatten

@@ -86,7 +86,7 @@ def _figure(ctx, panels, e, hue, title_part, suffix):
         ax.set_visible(False)
     handles = [Line2D([], [], color="black", lw=0.8), Line2D([], [], color="tab:blue", lw=2),
                Line2D([], [], color="tab:red", lw=2)]
-    labels = ["train trajectories", "initial states $y_0$", f"final states $y_T$"]
+    labels = ["train trajectories", "initial states $y_0$", "final states $y_T$"]
     if any(p[4] is not None for p in panels):
         handles.append(Line2D([], [], color="0.55", ls="--", lw=0.8))
         labels.append("test trajectories")
