@@ -179,8 +179,22 @@ def _param_vector(field: nn.Module) -> Dict[str, torch.Tensor]:
 
 def tv_penalty(layer: _Stepper, weight: float = 1.0) -> torch.Tensor:
     """α_TV/T Σ_{t=1..T} ‖γ_t − γ_{t−1}‖² (eq 20) over the parameters of the per-step fields (γ_0 := γ_1;
-    zero for a shared field). Parameters are matched by name."""
+    zero for a shared field). Parameters are matched by name. A layer with fields indexed by absolute time
+    (``time_fields``, e.g. :class:`~irn_core.time_indexed.TimeIndexedBlock`) sums over *all* its consecutive fields,
+    still divided by its T steps, as the authors' code (AUTHORS-CODE §1.6: ex2, 39 differences / 20)."""
     T = layer.steps
+    fields = getattr(layer, "time_fields", None)
+    if fields is not None:
+        vecs = [_param_vector(f) for f in fields]
+        ref = next(iter(vecs[0].values()), None)
+        total = torch.zeros((), dtype=ref.dtype if ref is not None else torch.get_default_dtype(),
+                            device=ref.device if ref is not None else None)
+        for a, b in zip(vecs[:-1], vecs[1:]):
+            if a.keys() != b.keys():
+                raise ValueError(f"{layer.layer_name}: time-indexed fields differ in their parameters; TV needs equal ones")
+            for k, v in b.items():
+                total = total + (v - a[k]).pow(2).sum()
+        return weight / T * total
     prev = _param_vector(layer.field_at(1))
     ref = next(iter(prev.values()), None)
     total = torch.zeros((), dtype=ref.dtype if ref is not None else torch.get_default_dtype(),

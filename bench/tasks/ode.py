@@ -159,6 +159,11 @@ class Ex2Options(TaskOptions):
         "points", description="mean over the sample points, or over all entries incl. t0 (the authors')")
     horizon: float = Field(2.0, gt=0, description="t ∈ [0, horizon]")
     steps: int = Field(20, ge=1, description="T of the default model (one field per step)")
+    t0_range: Optional[Tuple[float, float]] = Field(
+        None, description="random start times t0 ~ U[t0_range) (the authors': [0, 2)); inputs become [z(t0), t0] and "
+                          "trajectories cover [t0, t0 + horizon]. Unset: every trajectory starts at t = 0")
+    first_at_origin: bool = Field(False, description="the first trajectory of each split starts at (t0, z0) = (0, 0)")
+    n_val: int = Field(0, ge=0, description="validation trajectories (the authors': 20)")
 
     @field_validator("points", "test_points")
     @classmethod
@@ -184,20 +189,48 @@ class Ex2Stiff(TrajectoryTask):
     def target_horizon(self, targets):
         return self.options.horizon
 
-    def _split(self, z0: np.ndarray, points: int) -> TensorDataset:
+    def _split(self, z0: np.ndarray, points: int, t0: Optional[np.ndarray] = None) -> TensorDataset:
         t = np.arange(1, points + 1) * (self.options.horizon / points)
-        z = stiff_solution(z0, t)
-        return TensorDataset(torch.tensor(z0, dtype=torch.float32)[:, None],
-                             torch.tensor(z, dtype=torch.float32)[:, :, None])
+        if t0 is None:
+            z = stiff_solution(z0, t)
+            x = torch.tensor(z0, dtype=torch.float32)[:, None]
+        else:  # each trajectory from its own start: z(t0 + t_j), exact (the authors: RK45, rtol 1e-3)
+            z = np.stack([stiff_solution(z0[i:i + 1], t0[i] + t, t0=float(t0[i]))[0] for i in range(len(z0))])
+            x = torch.tensor(np.stack([z0, t0], axis=1), dtype=torch.float32)
+        return TensorDataset(x, torch.tensor(z, dtype=torch.float32)[:, :, None])
+
+    def _authors_splits(self, seed: int):
+        """The authors' draws (ex_stiff.py:47-66): a RandomState(seed); per split n start times, then n values."""
+        o = self.options
+        rng = np.random.RandomState(seed % (2 ** 32))
+        out = []
+        for n in (o.n_train, o.n_val, o.n_test):
+            t0 = o.t0_range[0] + (o.t0_range[1] - o.t0_range[0]) * rng.rand(n)
+            z0 = o.z0_range[0] + (o.z0_range[1] - o.z0_range[0]) * rng.rand(n)
+            if o.first_at_origin and n:
+                t0[0], z0[0] = 0.0, 0.0
+            out.append((z0, t0))
+        return out
 
     def data(self, seed: int = 0):
         o = self.options
+        tp = o.test_points or o.points
+        if o.t0_range is not None:
+            (ztr, ttr), (zva, tva), (zte, tte) = self._authors_splits(seed)
+            val = self._split(zva, o.points, tva) if o.n_val else None
+            return self._split(ztr, o.points, ttr), val, self._split(zte, tp, tte)
         rng = np.random.default_rng(seed)
         z0 = rng.uniform(o.z0_range[0], o.z0_range[1], size=o.n_train + o.n_test)
-        tp = o.test_points or o.points
         return self._split(z0[: o.n_train], o.points), None, self._split(z0[o.n_train:], tp)
 
     def default_model(self):
+        if self.options.t0_range is not None:  # the authors' time-indexed fields (AUTHORS-CODE §2.2)
+            return {"name": "mlp_ode", "dims": [1, 4, 4, 4, 1], "activation": "relu", "bias_last": False,
+                    "init": "xavier_unit_frobenius", "steps": self.options.steps, "horizon": self.options.horizon,
+                    "output": "trajectory", "time_fields": {"count": 2 * self.options.steps,
+                                                            "span": 2 * self.options.horizon},
+                    "layer": {"theta": 0.5, "phi": "one_leg", "initial_guess": "previous",
+                              "field": {"gated": {"limits": [-25.0, -20.0, -15.0], "spectral_norm": "exact"}}}}
         return {"name": "mlp_ode", "dims": [1, 4, 4, 1], "activation": "relu", "steps": self.options.steps,
                 "horizon": self.options.horizon, "shared": False, "output": "trajectory",
                 "layer": {"theta": 0.5, "phi": "one_leg", "field": {"eig_range": [-25.0, -15.0]}}}

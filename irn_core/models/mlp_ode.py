@@ -9,6 +9,10 @@ y_t = y_{t−1} + hΦ(γ_t, y_{t−1}, y_t) → readout:
                          data z(t_j) (ex2, ex3); the task picks the steps of its sample times
 - ``output: linear``     a linear classifier on y_T with ``out_features`` outputs (spirals)
 
+With ``time_fields: {count: K, span: S}`` the block is a :class:`~irn_core.time_indexed.TimeIndexedBlock`: K fields
+over absolute time [0, S] and inputs ``[z(t₀), t₀]`` (the last column is each sample's start time; ex2 as the
+authors generate it).
+
 :meth:`MLPODE.rollout` runs the same (shared-field) block beyond its horizon, for extrapolation.
 """
 from __future__ import annotations
@@ -21,6 +25,7 @@ from torch import nn
 
 from ..fields import MLPField
 from ..layers import ImplicitBlock
+from ..time_indexed import TimeIndexedBlock, TimeIndexedField
 from .common import make_field, split_layer
 
 __all__ = ["MLPODE", "mlp_ode"]
@@ -61,11 +66,20 @@ class MLPODE(nn.Module):
             return self.head(y)
         return torch.stack(traj, dim=1)
 
+    @property
+    def timed(self) -> bool:
+        return isinstance(self.block, TimeIndexedBlock)
+
+    def _split_time(self, x: torch.Tensor):
+        return (x[:, :-1], x[:, -1]) if self.timed else (x, None)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, t0 = self._split_time(x)
+        args = (self.lift(x),) if t0 is None else (self.lift(x), t0)
         if self.output == "trajectory":
-            y, traj = self.block(self.lift(x), return_trajectory=True)
+            y, traj = self.block(*args, return_trajectory=True)
         else:
-            y, traj = self.block(self.lift(x)), None
+            y, traj = self.block(*args), None
         return self._read(y, traj)
 
     def rollout(self, x: torch.Tensor, horizon: float) -> torch.Tensor:
@@ -76,6 +90,11 @@ class MLPODE(nn.Module):
         steps = int(round(horizon / self.block.h))
         if steps < 1 or abs(steps * self.block.h - horizon) > 1e-6 * max(1.0, horizon):
             raise ValueError(f"horizon {horizon} is not a positive multiple of the step h={self.block.h}")
+        if self.timed:
+            if steps != self.block.steps:
+                raise ValueError(f"a time-indexed block rolls out over its own {self.block.steps} steps only")
+            z, t0 = self._split_time(x)
+            return torch.stack(self.block(self.lift(z), t0, return_trajectory=True)[1], dim=1)
         if steps > self.block.steps and not self.block.shared:
             raise ValueError("rollout beyond the block's steps needs a shared field (one F for all steps)")
         y = self.lift(x)
@@ -89,7 +108,8 @@ class MLPODE(nn.Module):
 def mlp_ode(layer: Optional[Dict[str, Any]] = None, dims: Sequence[int] = (2, 10, 10, 10, 2),
             activation: str = "gelu", bias_last: bool = True, init: str = "xavier_uniform", steps: int = 5,
             h: Optional[float] = None, horizon: Optional[float] = None, shared: bool = True, augment: int = 0,
-            output: str = "state", out_features: Optional[int] = None) -> MLPODE:
+            output: str = "state", out_features: Optional[int] = None,
+            time_fields: Optional[Dict[str, float]] = None) -> MLPODE:
     """Build an :class:`MLPODE`.
 
     Options: ``dims`` field sizes [d, w1, …, d]; ``activation`` (relu, gelu, tanh, …); ``bias_last``;
@@ -99,7 +119,8 @@ def mlp_ode(layer: Optional[Dict[str, Any]] = None, dims: Sequence[int] = (2, 10
     ``out_features`` for last (default 1) and linear (required). Paper settings:
     ex1 dims [2,10,10,10,2] gelu bias_last=False T=5 augment=1 output=last;
     ex2 dims [1,4,4,1] relu T=20 horizon=2 shared=False field eig_range [-25,-15] output=trajectory;
-    ex3 dims [2,20,20,20,20,2] relu T=50 h=0.2 output=trajectory.
+    ex3 dims [2,20,20,20,20,2] relu T=50 h=0.2 output=trajectory. ``time_fields: {count, span}``: K fields over
+    absolute time (see the module docstring).
     """
     kw, field_cfg = split_layer(layer)
     dims = [int(d) for d in dims]
@@ -114,8 +135,17 @@ def mlp_ode(layer: Optional[Dict[str, Any]] = None, dims: Sequence[int] = (2, 10
     def one():
         return make_field(MLPField(dims, activation=activation, bias_last=bias_last, init=init), field_cfg, (d,))
 
-    field = one() if shared else [one() for _ in range(int(steps))]
-    block = ImplicitBlock(field, steps=steps, h=h, horizon=horizon, **kw)
+    if time_fields is not None:
+        tf = dict(time_fields)
+        if set(tf) != {"count", "span"} or int(tf["count"]) < 1 or not float(tf["span"]) > 0:
+            raise ValueError(f"time_fields must be {{count: K >= 1, span: S > 0}}, got {time_fields!r}")
+        if h is None:
+            h = (1.0 if horizon is None else float(horizon) / int(steps))
+        block = TimeIndexedBlock(TimeIndexedField([one() for _ in range(int(tf["count"]))], float(tf["span"])),
+                                 steps=int(steps), h=float(h), **kw)
+    else:
+        field = one() if shared else [one() for _ in range(int(steps))]
+        block = ImplicitBlock(field, steps=steps, h=h, horizon=horizon, **kw)
     head = None
     if output == "last":
         out_features = 1 if out_features is None else int(out_features)

@@ -15,6 +15,15 @@ from ._common import make_cells, mean_sd, split_by_default
 from ._model import ModelUnavailable, inputs, is_state_model, load_model
 
 
+def _exact_from(task, z0: np.ndarray, t0: np.ndarray, t: np.ndarray):
+    """Reference solutions from per-sample start times: z(t0 + t), (batch, len(t), d); ex2 only."""
+    if getattr(task, "name", "") != "ex2_stiff":
+        return None
+    from ...tasks.ode import stiff_solution
+
+    return np.stack([stiff_solution(z0[i:i + 1, 0], t0[i] + t, t0=float(t0[i]))[0] for i in range(len(t0))])[..., None]
+
+
 def _exact(task, x0: np.ndarray, t: np.ndarray):
     """Dense reference solution (batch, len(t), d) for tasks that have one, else None (t uniform from 0)."""
     name = getattr(task, "name", "")
@@ -41,7 +50,7 @@ def _check(e):
 
 @register_report("trajectories",
                  {"hue": None, "split_by": None, "seed": None, "sample": 0, "horizon": None, "method": "LSODA",
-                  "n_points": 400, "decimals": 4},
+                  "n_points": 400, "decimals": 4, "explicit_steps": 1000},
                  doc="discrete network rollouts (top) and continuous-time rollouts of the learned field (bottom) vs "
                      "the data on the test horizon, the training horizon marked; RMSE table", check=_check)
 def render(ctx, e):
@@ -53,6 +62,7 @@ def render(ctx, e):
         for c in cells:
             errs = {"discrete": {"in": [], "out": []}, "continuous": {"in": [], "out": []}}
             drifts = {"discrete": [], "continuous": []}
+            maxerr = {"discrete": [], "continuous": []}
             shown = None
             for _, row in c.finished.sort_values("seed").iterrows():
                 try:
@@ -71,6 +81,8 @@ def render(ctx, e):
                             errs[kind][part].append(v)
                     if kind in res["drift"]:
                         drifts[kind].append(res["drift"][kind])
+                    if "max_error" in res["rmse"]:
+                        maxerr[kind].append(res["rmse"]["max_error"][kind])
             if shown is not None:
                 panels.append((c, shown))
             drow = {"cell": c.label}
@@ -83,6 +95,10 @@ def render(ctx, e):
                                                    ("—" if len(c.finished) else c.status_text))
                     m, sd, n = mean_sd(vals)
                     nrow[f"rmse/{kind}/{part}/mean"], nrow[f"rmse/{kind}/{part}/std"], nrow["n_seeds"] = m, sd, n
+            for kind, vals in maxerr.items():
+                if vals:
+                    drow[f"max |error| {kind} ≤ train horizon"] = mean_std(vals, int(e["decimals"]))
+                    nrow[f"max_error/{kind}/mean"] = mean_sd(vals)[0]
             for kind, vals in drifts.items():
                 if vals:
                     fin = [v for v in vals if math.isfinite(v)]
@@ -96,7 +112,7 @@ def render(ctx, e):
                 ctx.note(f"{title_part or 'trajectories'}: the runs' models have no rollout (needs an mlp_ode model "
                          "with output: trajectory on a trajectory task).")
             continue
-        disp = pd.DataFrame(table)
+        disp = pd.DataFrame(table).fillna("—")
         if not any(p[1]["t_train"] < p[1]["horizon"] - 1e-9 for p in panels):
             disp = disp[[c for c in disp.columns if "extrapolation" not in c]]
         ctx.table(disp, pd.DataFrame(num), suffix,
@@ -126,15 +142,26 @@ def _rollouts(ctx, row, e):
     with torch.no_grad():
         disc = model.rollout(x0.float(), horizon=horizon).numpy()  # (B, S+1, d)
     t_steps = np.arange(steps + 1) * h
-    y0 = model.lift(x0.float())
-    _, cont_steps = rollout(model.block, y0, t_steps, method=e["method"])
-    cont_steps = cont_steps.numpy().transpose(1, 0, 2)
-    t_dense = np.linspace(0.0, horizon, int(e["n_points"]))
-    _, cont_dense = rollout(model.block, y0, t_dense, method=e["method"])
-    cont_dense = cont_dense.numpy().transpose(1, 0, 2)
-    x0n = x0.numpy().astype(np.float64)
-    exact_steps = _exact(task, x0n, t_steps)
-    exact_dense = _exact(task, x0n, t_dense)
+    timed = bool(getattr(model, "timed", False))
+    if timed:  # fields in absolute time: the authors' "continuous" solution, θ = 0 with 1000 steps (h/50 here)
+        z0, t0 = x0[:, :-1].float(), x0[:, -1]
+        fine = int(e["explicit_steps"])
+        cont_dense = model.block.explicit_rollout(model.lift(z0), t0, fine).numpy()
+        t_dense = np.linspace(0.0, horizon, fine + 1)
+        cont_steps = cont_dense[:, np.rint(t_steps / (horizon / fine)).astype(int)]
+        x0n = x0[:, :-1].numpy().astype(np.float64)
+        t0n = t0.numpy().astype(np.float64)
+        exact_steps, exact_dense = _exact_from(task, x0n, t0n, t_steps), _exact_from(task, x0n, t0n, t_dense)
+    else:
+        y0 = model.lift(x0.float())
+        _, cont_steps = rollout(model.block, y0, t_steps, method=e["method"])
+        cont_steps = cont_steps.numpy().transpose(1, 0, 2)
+        t_dense = np.linspace(0.0, horizon, int(e["n_points"]))
+        _, cont_dense = rollout(model.block, y0, t_dense, method=e["method"])
+        cont_dense = cont_dense.numpy().transpose(1, 0, 2)
+        x0n = x0.numpy().astype(np.float64)
+        exact_steps = _exact(task, x0n, t_steps)
+        exact_dense = _exact(task, x0n, t_dense)
     d = disc.shape[-1]
     if exact_steps is None:  # the test targets at their sample times
         P = yte.shape[1]
@@ -146,6 +173,10 @@ def _rollouts(ctx, row, e):
     else:
         ref, dsel, csel, tsel = exact_steps, disc, cont_steps, t_steps
     rm = {}
+    if exact_steps is not None:  # the largest error anywhere on the training interval, off the data points too
+        inside_s, inside_d = t_steps <= t_train + 1e-9, t_dense <= t_train + 1e-9
+        rm["max_error"] = {"discrete": float(np.max(np.abs(disc[:, inside_s] - exact_steps[:, inside_s]))),
+                           "continuous": float(np.max(np.abs(cont_dense[:, inside_d] - exact_dense[:, inside_d])))}
     for kind, pred in (("discrete", dsel), ("continuous", csel)):
         rm[kind] = {}
         for part, mask in (("in", tsel <= t_train + 1e-9), ("out", tsel > t_train + 1e-9)):
@@ -227,5 +258,6 @@ def _figure(ctx, panels, e, title_part, suffix):
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()) if blocks > 1 else None)  # room for the title
     ctx.figure(fig, suffix, "Top (of each pair of rows): the trained network's discrete rollout; bottom: the learned "
                             "vector field integrated "
-                            "in continuous time (solve_ivp); black: exact solution; dotted line: end of the training "
+                            "in continuous time (solve_ivp; for fields indexed by absolute time, the authors' θ = 0 with explicit_steps "
+                            "steps, t measured from each trajectory's t0); black: exact solution; dotted line: end of the training "
                             "interval (journal Figures 9 and 11)")
