@@ -375,6 +375,11 @@ def test_defaults_alone_work_and_empty_store_is_noted(tmp_path, monkeypatch):
     out = render_suite(load_suite(s), tracking_uri=uri)
     assert out == Path("reports") / "tiny"
     assert (tmp_path / "reports" / "tiny" / "01-training_curves.png").exists()
+    # a store without the suite's runs must not overwrite that report: exit 2, every file unchanged
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    res = _cli("report", s, "--tracking-uri", f"sqlite:///{tmp_path / 'other.db'}", "--out", out)
+    assert res.exit_code == 2 and "no finished run of suite 'tiny'" in res.output and "left as it is" in res.output
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
 def _logged(runs, sev, m, theta):

@@ -58,6 +58,12 @@ def render_suite(suite, tracking_uri: Optional[str] = None, out_dir: Optional[Pa
     os.environ.setdefault("MPLBACKEND", "Agg")
     setup_matplotlib()
     data = load_suite_data(suite, tracking_uri)
+    if (out / "index.html").exists() and not (data.runs["status"] == "finished").any():
+        # a report with nothing in it must not replace one that has results (e.g. rendered from another store)
+        store = data.tracker.uri if data.tracker is not None else tracking_uri
+        raise ReportError(f"no finished run of suite {suite.cfg.name!r} in the store {store}; the existing report in "
+                          f"{out} is left as it is. Point --tracking-uri (or IRN_RESULTS) at the store that holds the "
+                          f"runs, or remove {out} to render an empty report")
     out.mkdir(parents=True, exist_ok=True)
     _clean(out)
     sections: List[Section] = []
