@@ -91,9 +91,15 @@ def validate(suite: Path = typer.Argument(..., help="Suite YAML file."), set_: L
 def list_(suite: Path = typer.Argument(..., help="Suite YAML file."), set_: List[str] = SetOpt,
           only: List[str] = OnlyOpt, seeds: Optional[str] = SeedsOpt, tracking_uri: Optional[str] = UriOpt):
     """The expanded run matrix with each run's status in the store (finished/failed/running/pending)."""
-    from .tracking import Tracker
+    from .tracking import Tracker, missing_store
 
     s = _load(suite, set_, only, seeds)
+    gone = missing_store(tracking_uri)
+    if gone:  # a read-only command never creates a store: say where it looked
+        rows = [(i + 1, sp.label, sp.hash, "pending") for i, sp in enumerate(s.specs)]
+        out.print(_status_table(f"{s.name}: {len(rows)} run(s) — no store at {gone} (nothing has run there; "
+                                "--tracking-uri or IRN_RESULTS select another)", rows, ["#", "run", "hash", "status"]))
+        return
     tracker = Tracker(tracking_uri)
     status = tracker.status_by_hash(tracker.experiment_id(s.name, create=False))
     rows = [(i + 1, sp.label, sp.hash, status.get(sp.hash, "PENDING").lower()) for i, sp in enumerate(s.specs)]

@@ -41,15 +41,25 @@ def results_dir() -> Path:
     return Path(os.environ.get("IRN_RESULTS", DEFAULT_RESULTS)).resolve()
 
 
-def resolve_uri(uri: Optional[str] = None) -> str:
-    """The tracking URI to use: explicit > $IRN_TRACKING_URI > SQLite under results/."""
+def resolve_uri(uri: Optional[str] = None, create: bool = True) -> str:
+    """The tracking URI to use: explicit > $IRN_TRACKING_URI > SQLite under results/ (``create``: make its folder)."""
     uri = uri or os.environ.get("IRN_TRACKING_URI")
     if not uri:
         db = results_dir() / "mlflow.db"
         uri = f"sqlite:///{db}"
-    if uri.startswith("sqlite:///"):
+    if create and uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     return uri
+
+
+def missing_store(uri: Optional[str] = None) -> Optional[str]:
+    """For read-only commands: the path of a SQLite store that does not exist (None when it exists or is not SQLite),
+    found without creating anything."""
+    u = resolve_uri(uri, create=False)
+    if u.startswith("sqlite:///"):
+        p = Path(u[len("sqlite:///"):])
+        return None if p.exists() else str(p)
+    return None
 
 
 def artifact_root(uri: str) -> Optional[str]:

@@ -363,9 +363,12 @@ def test_defaults_alone_work_and_empty_store_is_noted(tmp_path, monkeypatch):
     s.write_text("name: tiny\ntask: {name: ex1_sine, n_train: 4}\ntrain: {epochs: 2}\nseeds: [0]\n"
                  "matrix: {model.layer.theta: [0.0, 0.5]}\nreports:\n  - {kind: training_curves}\n")
     uri = f"sqlite:///{tmp_path / 'm.db'}"
-    res = _cli("report", s, "--tracking-uri", uri, "--out", tmp_path / "empty")
-    assert res.exit_code == 0, res.output
-    assert "no experiment 'tiny'" in (tmp_path / "empty" / "index.md").read_text()
+    res = _cli("report", s, "--tracking-uri", uri, "--out", tmp_path / "empty")  # no store there: none is created
+    assert res.exit_code == 2 and f"no tracking store at {tmp_path / 'm.db'}" in res.output, res.output
+    assert not (tmp_path / "m.db").exists() and not (tmp_path / "empty").exists()
+    res = _cli("list", s, "--tracking-uri", uri)
+    assert res.exit_code == 0 and "no store at" in res.output and "pending" in res.output
+    assert not (tmp_path / "m.db").exists()
     res = _cli("run", s, "--tracking-uri", uri, "--no-report")
     assert res.exit_code == 0, res.output
     from bench.report import render_suite
@@ -377,6 +380,9 @@ def test_defaults_alone_work_and_empty_store_is_noted(tmp_path, monkeypatch):
     assert (tmp_path / "reports" / "tiny" / "01-training_curves.png").exists()
     # a store without the suite's runs must not overwrite that report: exit 2, every file unchanged
     before = {p.name: p.read_bytes() for p in out.iterdir()}
+    from bench.tracking import Tracker
+
+    Tracker(f"sqlite:///{tmp_path / 'other.db'}")  # a store that exists but holds no run of the suite
     res = _cli("report", s, "--tracking-uri", f"sqlite:///{tmp_path / 'other.db'}", "--out", out)
     assert res.exit_code == 2 and "no finished run of suite 'tiny'" in res.output and "left as it is" in res.output
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -55,6 +55,12 @@ def render_suite(suite, tracking_uri: Optional[str] = None, out_dir: Optional[Pa
             entries.append(resolve_entry(raw))
         except ValueError as e:
             raise ReportError(f"{suite.path}: reports[{i}]: {e}") from None
+    from ..tracking import missing_store
+
+    gone = missing_store(tracking_uri)
+    if gone:  # a report reads a store, it never creates one
+        raise ReportError(f"no tracking store at {gone}: nothing has run there. Point --tracking-uri (or IRN_RESULTS / "
+                          "IRN_TRACKING_URI) at the store that holds the suite's runs")
     os.environ.setdefault("MPLBACKEND", "Agg")
     setup_matplotlib()
     data = load_suite_data(suite, tracking_uri)
