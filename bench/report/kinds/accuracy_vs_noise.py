@@ -49,6 +49,19 @@ def _close(a, b) -> bool:
         return str(a) == str(b)
 
 
+def _ref_value(rt, m, sev, cols_key, c, reference_case) -> float:
+    """A reference's value for metric ``m`` at severity ``sev`` and cell ``c`` (NaN when it has none). A reference
+    with a ``case`` column is matched on the cell's case; one without it belongs, when ``reference_case`` is set,
+    to that case's cells only."""
+    sel = (rt["metric"] == m) & rt["severity"].map(lambda s: _close(s, sev)) & rt[cols_key].map(lambda s: _close(s, c.hue))
+    cell_case = c.runs["case"].iloc[0] if "case" in c.runs.columns else None
+    if "case" in rt.columns and cell_case is not None:
+        sel &= rt["case"] == cell_case
+    elif reference_case is not None and cell_case != reference_case:
+        return float("nan")
+    return float(rt[sel]["value"].iloc[0]) if sel.any() else float("nan")
+
+
 def _label(key, v):
     return f"{key_label(key)}={v:g}" if isinstance(v, float) else f"{key_label(key)}={v}"
 
@@ -127,21 +140,11 @@ def render(ctx, e):
                     drow[f"{m} {col}"] = txt
                     extra = {}
                     for rname, rt in (refs.items() if multi else ()):
-                        sel = (rt["metric"] == m) & rt["severity"].map(lambda s: _close(s, sev)) \
-                            & rt[cols_key].map(lambda s: _close(s, c.hue))
-                        cell_case = c.runs["case"].iloc[0] if "case" in c.runs.columns else None
-                        if "case" in rt.columns and cell_case is not None:
-                            sel &= rt["case"] == cell_case
-                        elif e["reference_case"] is not None and cell_case != e["reference_case"]:
-                            sel &= False  # a reference without cases belongs to reference_case's cells only
-                        rv2 = float(rt[sel]["value"].iloc[0]) if sel.any() else float("nan")
-                        drow[f"{m} {col} {rname}"] = fmt_num(rv2, dec)
-                        extra[rname] = rv2
+                        extra[rname] = _ref_value(rt, m, sev, cols_key, c, e["reference_case"])
+                        drow[f"{m} {col} {rname}"] = fmt_num(extra[rname], dec)
                     rv = float("nan")
                     if ref is not None:
-                        r = ref[(ref["metric"] == m) & ref["severity"].map(lambda s: _close(s, sev))
-                                & ref[cols_key].map(lambda s: _close(s, c.hue))]
-                        rv = float(r["value"].iloc[0]) if len(r) else float("nan")
+                        rv = _ref_value(ref, m, sev, cols_key, c, e["reference_case"])
                         drow[f"{m} {col} paper"] = fmt_num(rv, dec)
                         drow[f"{m} {col} Δ"] = (f"{mean - rv:+.{dec}f}" if not (math.isnan(rv) or math.isnan(mean)) else "—")
                     num_rows.append({"corruption": name, "severity": sev, cols_key: c.hue, "metric": m,
