@@ -35,6 +35,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from irn_core.registry import Registry, unknown_options
+
 from .tasks.base import Task, aggregate
 
 __all__ = ["CORRUPTIONS", "Corruption", "Context", "parse_spec", "evaluate_corruptions", "corruption_names", "input_gradient"]
@@ -51,11 +53,9 @@ class Corruption:
     needs_model = False
 
     def __init__(self, **opts: Any):
-        valid = [self.severity_key] + list(self.defaults)
         bad = sorted(set(opts) - set(self.defaults))
         if bad:
-            raise ValueError(f"unknown option(s) {', '.join(map(repr, bad))} for corruption {self.name!r}; "
-                             f"valid: {', '.join(valid)}")
+            raise ValueError(unknown_options(f"corruption {self.name!r}", bad, [self.severity_key] + list(self.defaults)))
         self.opts = {**self.defaults, **opts}
 
     def bounds(self, task: Task) -> Optional[Tuple[float, float]]:
@@ -193,11 +193,13 @@ class PGD(Corruption):
         return xa
 
 
-CORRUPTIONS: Dict[str, Type[Corruption]] = {c.name: c for c in (Gaussian, Uniform, SaltPepper, Structured, FGSM, PGD)}
+CORRUPTIONS: Registry[Type[Corruption]] = Registry("corruption")
+for _cls in (Gaussian, Uniform, SaltPepper, Structured, FGSM, PGD):
+    CORRUPTIONS.register(_cls.name, _cls, options=[_cls.severity_key, *_cls.defaults])
 
 
 def corruption_names() -> List[str]:
-    return sorted(CORRUPTIONS)
+    return CORRUPTIONS.names()
 
 
 def parse_spec(spec: Dict[str, Dict[str, Any]]) -> List[Tuple[Corruption, List[float]]]:
@@ -207,9 +209,7 @@ def parse_spec(spec: Dict[str, Dict[str, Any]]) -> List[Tuple[Corruption, List[f
         raise ValueError(f"corruption spec must be a dict {{name: {{...}}}}; valid names: {', '.join(corruption_names())}")
     out = []
     for name, opts in spec.items():
-        if name not in CORRUPTIONS:
-            raise ValueError(f"unknown corruption {name!r}; valid: {', '.join(corruption_names())}")
-        cls = CORRUPTIONS[name]
+        cls = CORRUPTIONS.get(name)
         opts = dict(opts or {})
         if cls.severity_key in opts and "severity" in opts:
             raise ValueError(f"give either {cls.severity_key!r} or 'severity' for {name!r}, not both")

@@ -1,7 +1,12 @@
-"""Where cells run: in-process, a local process pool, or dask.distributed.
+"""Where work runs: in-process, a local process pool, or dask.distributed — for ``bench run`` (one job per cell)
+and ``bench search`` (one job per search worker) alike.
 
-Every executor calls the same picklable entry point, :func:`bench.runner.run_cell`, with the resolved
-config and a :class:`bench.runner.CellContext`; results stream back to the driver as they finish.
+A job is a tuple ``(*args, ctx)`` run as ``call(*args, ctx)`` by a picklable entry point: by default
+:func:`bench.runner.run_cell` with the resolved config and a :class:`bench.runner.CellContext`;
+:func:`bench.search.run_worker` with a :class:`bench.search.WorkerPlan`. The last element, ``ctx``, carries
+``device`` and ``threads`` and makes copies with ``with_device`` / ``with_threads``. Results stream back to the
+driver as they finish. Interrupts (Ctrl-C, SIGTERM) stop every worker: queued jobs are cancelled, running ones
+get SIGTERM (each marks its run KILLED), the rest SIGKILL after a grace period; workers die with the driver.
 The tracking store is created by the driver before any worker starts.
 """
 from __future__ import annotations
@@ -9,11 +14,16 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
-EXECUTORS = ("local", "process", "dask")
+from irn_core.registry import Registry
 
-Job = Tuple[dict, "object"]  # (config, CellContext)
+from .runner import run_cell
+from .tracking import interrupt_handler
+
+EXECUTORS: Registry[Callable] = Registry("executor")  # name -> run(jobs_list, call, done, *, on_start, jobs, scheduler)
+
+Job = Tuple[Any, ...]  # (*args, ctx): e.g. (config, CellContext) or (WorkerPlan,)
 
 
 def threads_per_worker(jobs: int) -> int:
@@ -38,8 +48,6 @@ def sigterm_as_interrupt() -> None:
     deferred while a tracking-store write is in flight; main thread of this process only."""
     import signal
     import threading
-
-    from .tracking import interrupt_handler
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, interrupt_handler)
@@ -77,13 +85,12 @@ def _init_worker(queue, threads: int) -> None:
     _WORKER_DEVICE = queue.get() if queue is not None else None
 
 
-def _run_in_worker(config, ctx):
-    from .runner import run_cell
-
+def _run_in_worker(call: Callable, *job):
+    *args, ctx = job
     if _WORKER_DEVICE is not None:
         ctx = ctx.with_device(_WORKER_DEVICE)
     try:
-        return run_cell(config, ctx)
+        return call(*args, ctx)
     except KeyboardInterrupt:
         if _PARENT_PID is not None and os.getppid() != _PARENT_PID:
             os._exit(130)  # the driver is gone (run already marked KILLED): nobody will send more work
@@ -108,51 +115,65 @@ def _stop_pool(pool: ProcessPoolExecutor, grace: float = 30.0) -> None:
 
 
 def execute(jobs_list: Sequence[Job], executor: str = "local", jobs: int = 1, scheduler: Optional[str] = None,
-            on_result: Optional[Callable] = None, on_start: Optional[Callable] = None) -> list:
-    """Run every (config, ctx) job; call ``on_result(result)`` as each finishes; return the results."""
-    from .runner import run_cell
-
-    if executor not in EXECUTORS:
-        raise ValueError(f"unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")
-    results = []
+            on_result: Optional[Callable] = None, on_start: Optional[Callable] = None,
+            call: Callable = run_cell) -> list:
+    """Run every job ``(*args, ctx)`` as ``call(*args, ctx)`` on ``executor`` (one of :data:`EXECUTORS`) with up to
+    ``jobs`` workers; ``on_start(ctx)`` before a job runs in this process, ``on_result(result)`` as each
+    finishes; return the results."""
+    run = EXECUTORS.get(executor)
+    results: list = []
 
     def done(res):
         results.append(res)
         if on_result:
             on_result(res)
 
-    if not jobs_list:
-        return results
-    if executor == "local" or (executor == "process" and jobs <= 1):
-        for config, ctx in jobs_list:
-            if on_start:
-                on_start(ctx)
-            done(run_cell(config, ctx))
-        return results
+    if jobs_list:
+        run(list(jobs_list), call, done, on_start=on_start, jobs=jobs, scheduler=scheduler)
+    return results
 
-    if executor == "process":
-        device = jobs_list[0][1].device
-        devices = gpu_devices(device)
-        n = min(jobs, len(jobs_list)) if len(devices) == 1 else min(len(devices), len(jobs_list))
-        spawn = mp.get_context("spawn")
-        queue = None
-        if len(devices) > 1:
-            queue = spawn.Manager().Queue()
-            for i in range(n):
-                queue.put(devices[i % len(devices)])
-        threads = threads_per_worker(n) if device == "cpu" else 1
-        pool = ProcessPoolExecutor(max_workers=n, mp_context=spawn, initializer=_init_worker, initargs=(queue, threads))
-        try:
-            futs = [pool.submit(_run_in_worker, config, ctx.with_threads(ctx.threads or threads)) for config, ctx in jobs_list]
-            for f in as_completed(futs):
-                done(f.result())
-        except BaseException:  # interrupted: stop the workers now instead of waiting for their cells
-            _stop_pool(pool)
-            raise
-        pool.shutdown(wait=True)
-        return results
 
-    # dask.distributed
+@EXECUTORS.register("local")
+def _local(jobs_list: List[Job], call: Callable, done: Callable, *, on_start=None, jobs: int = 1, scheduler=None) -> None:
+    """In this process, one job after another."""
+    for *args, ctx in jobs_list:
+        if on_start:
+            on_start(ctx)
+        done(call(*args, ctx))
+
+
+@EXECUTORS.register("process")
+def _process(jobs_list: List[Job], call: Callable, done: Callable, *, on_start=None, jobs: int = 1,
+             scheduler=None) -> None:
+    """A pool of ``jobs`` spawned processes (one per GPU for device ``cuda``), torch threads = cores / workers."""
+    if jobs <= 1:
+        return _local(jobs_list, call, done, on_start=on_start)
+    device = jobs_list[0][-1].device
+    devices = gpu_devices(device)
+    n = min(jobs, len(jobs_list)) if len(devices) == 1 else min(len(devices), len(jobs_list))
+    spawn = mp.get_context("spawn")
+    queue = None
+    if len(devices) > 1:
+        queue = spawn.Manager().Queue()
+        for i in range(n):
+            queue.put(devices[i % len(devices)])
+    threads = threads_per_worker(n) if device == "cpu" else 1
+    pool = ProcessPoolExecutor(max_workers=n, mp_context=spawn, initializer=_init_worker, initargs=(queue, threads))
+    try:
+        futs = [pool.submit(_run_in_worker, call, *args, ctx.with_threads(ctx.threads or threads))
+                for *args, ctx in jobs_list]
+        for f in as_completed(futs):
+            done(f.result())
+    except BaseException:  # interrupted: stop the workers now instead of waiting for their jobs
+        _stop_pool(pool)
+        raise
+    pool.shutdown(wait=True)
+
+
+@EXECUTORS.register("dask")
+def _dask(jobs_list: List[Job], call: Callable, done: Callable, *, on_start=None, jobs: int = 1,
+          scheduler: Optional[str] = None) -> None:
+    """dask.distributed: the cluster at ``scheduler``, else a LocalCluster of ``jobs`` processes."""
     from distributed import Client, LocalCluster, as_completed as dask_completed
 
     cluster = None
@@ -166,12 +187,11 @@ def execute(jobs_list: Sequence[Job], executor: str = "local", jobs: int = 1, sc
                                silence_logs=40)
         client = Client(cluster)
     try:
-        futs = [client.submit(run_cell, config, ctx.with_threads(ctx.threads or threads), pure=False)
-                for config, ctx in jobs_list]
+        futs = [client.submit(call, *args, ctx.with_threads(ctx.threads or threads), pure=False)
+                for *args, ctx in jobs_list]
         for f in dask_completed(futs):
             done(f.result())
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
-    return results

@@ -78,15 +78,6 @@ def check_corruptions(spec: Dict[str, Any]) -> List[str]:
     return []
 
 
-def check_reports(reports) -> List[str]:
-    """The suite's ``reports:`` entries: known kinds and options (see bench.report)."""
-    try:
-        from .report import check_reports as check
-    except ImportError:  # pragma: no cover - reporting not installed
-        return []
-    return check(reports)
-
-
 # --------------------------------------------------------------------------- penalties for training
 
 STREAMS = "perturbation_streams"

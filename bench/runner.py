@@ -24,6 +24,7 @@ import yaml
 
 from . import tracking as T
 from .locks import CellLock
+from .metrics import corruption_name, final_name, solver_name
 
 
 class DivergenceError(RuntimeError):
@@ -124,10 +125,10 @@ def _solver_metrics(model) -> Dict[str, List[float]]:
             stats = [s for s in st[where] if s is not None]
             if not stats:
                 continue
-            out.setdefault(f"solver/{name}/{key}_iters", []).append(float(sum(s.iterations for s in stats)))
-            out.setdefault(f"solver/{name}/{key}_residual", []).append(max(s.max_residual for s in stats))
-            out.setdefault(f"solver/{name}/{key}_nfe", []).append(float(sum(s.nfe for s in stats)))
-            out.setdefault(f"solver/{name}/{key}_unconverged", []).append(
+            out.setdefault(solver_name(name, key, "iters"), []).append(float(sum(s.iterations for s in stats)))
+            out.setdefault(solver_name(name, key, "residual"), []).append(max(s.max_residual for s in stats))
+            out.setdefault(solver_name(name, key, "nfe"), []).append(float(sum(s.nfe for s in stats)))
+            out.setdefault(solver_name(name, key, "unconverged"), []).append(
                 float(sum(int((~s.converged).sum()) for s in stats)))
     return out
 
@@ -212,7 +213,7 @@ def train_and_log(config: Dict[str, Any], tracker: "T.Tracker", run_id: str, dev
         split_set = torch.utils.data.Subset(split_set, range(int(ecfg["max_samples"])))
     loader = make_loader(split_set, ecfg.get("batch_size", 256), shuffle=False, seed=seed)
     final = evaluate(model, loader, task, device)
-    final_metrics = {f"final/{split}/{k}": v for k, v in final.items() if k != "n"}
+    final_metrics = {final_name(split, k): v for k, v in final.items() if k != "n"}
     if ecfg.get("corruptions"):
         table = evaluate_corruptions(model, task, split_set, ecfg["corruptions"], device=device, seed=seed,
                                      batch_size=ecfg.get("batch_size", 256))
@@ -221,7 +222,7 @@ def train_and_log(config: Dict[str, Any], tracker: "T.Tracker", run_id: str, dev
             table.to_csv(p, index=False)
             tracker.log_artifact(run_id, str(p))
         for row in table.itertuples(index=False):
-            final_metrics[f"corruption/{row.corruption}/{row.severity:g}/{row.metric}"] = float(row.value)
+            final_metrics[corruption_name(row.corruption, row.severity, row.metric)] = float(row.value)
     bad = [k for k, v in final_metrics.items() if not math.isfinite(v)]
     tracker.log_metrics(run_id, final_metrics, step=epochs)
     with tempfile.TemporaryDirectory() as tmp:

@@ -17,7 +17,7 @@ import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Dict, List, Literal, Optional, Tuple, Union
+from typing import Annotated, Any, Callable, Dict, List, Literal, Optional, Tuple, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -320,7 +320,7 @@ def _fmt_loc(loc) -> str:
     return ".".join(str(p) for p in loc) if loc else "(top level)"
 
 
-def _pydantic_errors(e: ValidationError, prefix: str = "") -> List[str]:
+def pydantic_errors(e: ValidationError, prefix: str = "") -> List[str]:
     out = []
     for err in e.errors():
         loc = _fmt_loc(err["loc"])
@@ -358,6 +358,7 @@ class RunSpec:
     config: Dict[str, Any]  # task, model, regularizers, train, evaluate, seed, schema_version
     label: str  # readable run name, e.g. "theta=0.5 seed=1"
     overrides: Dict[str, Any] = field(default_factory=dict)  # the matrix values of this cell
+    cell_label: str = ""  # the label without the seed, e.g. "theta=0.5" ("" for a suite without matrix/cases)
 
     @property
     def hash(self) -> str:
@@ -416,9 +417,17 @@ def expand_matrix(cfg: SuiteCfg) -> List[Dict[str, Any]]:
     return cells
 
 
+SectionCheck = Callable[..., List[str]]
+
+
 def load_suite(path: str | Path, sets: List[str] = (), only: List[str] = (), seeds: Optional[List[int]] = None,
-               validate_registries: bool = True) -> Suite:
-    """Read, override, expand, resolve and validate a suite. Raises SuiteError listing every problem."""
+               validate_registries: bool = True, section_checks: Optional[Dict[str, SectionCheck]] = None) -> Suite:
+    """Read, override, expand, resolve and validate a suite. Raises SuiteError listing every problem.
+
+    ``section_checks`` validates the sections owned by other packages, each returning 'field: message' errors:
+    ``"reports"`` is called with the ``reports:`` list, ``"search"`` with (cfg, raw, specs) once the cells are
+    valid (see :func:`bench.validation.load_checked`)."""
+    section_checks = section_checks or {}
     path = Path(path)
     raw = read_yaml(path)
     errors: List[str] = []
@@ -436,7 +445,7 @@ def load_suite(path: str | Path, sets: List[str] = (), only: List[str] = (), see
     except ValidationError as e:
         # report these, then keep checking the rest (cells included) with the offending fields dropped,
         # so that one pass lists every problem
-        errors += _pydantic_errors(e)
+        errors += pydantic_errors(e)
         trimmed = {k: v for k, v in raw.items() if k not in {err["loc"][0] for err in e.errors() if err["loc"]}}
         try:
             cfg = SuiteCfg.model_validate({**trimmed, "name": raw.get("name") if isinstance(raw.get("name"), str) else "x"})
@@ -459,10 +468,8 @@ def load_suite(path: str | Path, sets: List[str] = (), only: List[str] = (), see
             if k.split(".")[0] not in RUN_SECTIONS or "." not in k:
                 errors.append(f"{where}: {k!r} is not a run-config path; paths start with "
                               + ", ".join(f"{s}." for s in RUN_SECTIONS))
-    if validate_registries and cfg.reports:
-        from . import registries
-
-        errors.extend(registries.check_reports(cfg.reports))
+    if validate_registries and cfg.reports and "reports" in section_checks:
+        errors.extend(section_checks["reports"](cfg.reports))
     if cfg.task is None and not (cfg.cases and all("task" in c for c in cfg.cases.values())):
         if not any(e.startswith("task") for e in errors):
             errors.append("task: field required (at top level, or in every case)")
@@ -507,11 +514,9 @@ def load_suite(path: str | Path, sets: List[str] = (), only: List[str] = (), see
         for seed in cfg.seeds:
             conf = dict(resolved, seed=seed, schema_version=SCHEMA_VERSION)
             label = (label_cell + " " if label_cell else "") + f"seed={seed}"
-            specs.append(RunSpec(suite=cfg.name, config=conf, label=label, overrides=dict(cell)))
-    if cfg.search is not None and not errors:
-        from .search import check_search  # the search block is checked by bench.search (Optuna)
-
-        errors.extend(check_search(cfg, raw, specs))
+            specs.append(RunSpec(suite=cfg.name, config=conf, label=label, overrides=dict(cell), cell_label=label_cell))
+    if cfg.search is not None and not errors and "search" in section_checks:
+        errors.extend(section_checks["search"](cfg, raw, specs))
     if errors:
         raise SuiteError(str(path), errors)
     if filters:
@@ -584,7 +589,7 @@ def resolve_cell(cell_cfg: Dict[str, Any], validate_registries: bool = True) -> 
     try:
         task_cfg = _Named.model_validate(cell_cfg.get("task", {}))
     except ValidationError as e:
-        return {}, [m for m in _pydantic_errors(e, "task.")]
+        return {}, [m for m in pydantic_errors(e, "task.")]
     task_cfg = dict(cell_cfg["task"])
     defaults_model, defaults_train, defaults_reg = {}, {}, {}
     try:
@@ -615,7 +620,7 @@ def resolve_cell(cell_cfg: Dict[str, Any], validate_registries: bool = True) -> 
             if key in ("train", "evaluate"):
                 resolved[key] = validated.model_dump()
         except ValidationError as e:
-            errors.extend(_pydantic_errors(e, f"{key}."))
+            errors.extend(pydantic_errors(e, f"{key}."))
     if errors or not validate_registries:
         return resolved, errors or None
     errors.extend(registries.check_train(resolved["train"]))

@@ -16,8 +16,10 @@ import os
 import random
 import socket
 import time
-from pathlib import Path
 from typing import Any, Dict, List, Optional
+
+from .locks import exclusive
+from .paths import sqlite_path, store_uri
 
 TAG_HASH = "irn.spec_hash"
 TAG_ROLE = "irn.role"
@@ -30,45 +32,49 @@ TAG_HOST = "irn.host"
 TAG_DEVICE = "irn.device"
 TAG_CELL = "irn.cell"  # the matrix values of the cell, JSON
 TAG_CASE = "irn.case"
+TAG_COMMAND = "irn.command"
+TAG_SUITE_FILE = "irn.suite_file"
 PARENT_TAG = "mlflow.parentRunId"
-
-DEFAULT_RESULTS = "results"
+# bench search: one parent run per study, one nested run per trial
+TAG_STUDY = "irn.study"
+TAG_TRIAL = "irn.trial_number"
+TAG_TRIAL_STATE = "irn.trial_state"
+TAG_BEST = "irn.best"
+TAG_BEST_TRIALS = "irn.best_trials"
+TAG_BEST_RUN = "irn.best_run_id"
+TAG_SEARCH_PARAMS = "irn.search_params"
+TAG_PRUNE_REASON = "irn.prune_reason"
+TAG_STORAGE = "irn.storage"
+TAG_DIRECTIONS = "irn.directions"
+TAG_OBJECTIVES = "irn.objectives"
 
 __all__ = ["resolve_uri", "Tracker", "TAG_HASH", "TAG_ROLE", "TAG_REASON", "TAG_LABEL"]
 
 
-def results_dir() -> Path:
-    return Path(os.environ.get("IRN_RESULTS", DEFAULT_RESULTS)).resolve()
-
-
 def resolve_uri(uri: Optional[str] = None, create: bool = True) -> str:
-    """The tracking URI to use: explicit > $IRN_TRACKING_URI > SQLite under results/ (``create``: make its folder)."""
-    uri = uri or os.environ.get("IRN_TRACKING_URI")
-    if not uri:
-        db = results_dir() / "mlflow.db"
-        uri = f"sqlite:///{db}"
-    if create and uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    """The tracking URI (:func:`bench.paths.store_uri`); ``create``: make a SQLite store's folder."""
+    uri = store_uri(uri)
+    db = sqlite_path(uri)
+    if create and db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
     return uri
 
 
 def missing_store(uri: Optional[str] = None) -> Optional[str]:
     """For read-only commands: the path of a SQLite store that does not exist (None when it exists or is not SQLite),
     found without creating anything."""
-    u = resolve_uri(uri, create=False)
-    if u.startswith("sqlite:///"):
-        p = Path(u[len("sqlite:///"):])
-        return None if p.exists() else str(p)
-    return None
+    db = sqlite_path(resolve_uri(uri, create=False))
+    return None if db is None or db.exists() else str(db)
 
 
 def artifact_root(uri: str) -> Optional[str]:
     """Local artifact folder for SQLite stores (beside the database); None lets a server decide."""
-    if uri.startswith("sqlite:///"):
-        root = Path(uri[len("sqlite:///"):]).parent / "artifacts"
-        root.mkdir(parents=True, exist_ok=True)
-        return root.as_uri()
-    return None
+    db = sqlite_path(uri)
+    if db is None:
+        return None
+    root = db.parent / "artifacts"
+    root.mkdir(parents=True, exist_ok=True)
+    return root.as_uri()
 
 
 # Interrupts are deferred while a store call is in flight: a KeyboardInterrupt raised inside an SQLite
@@ -239,6 +245,11 @@ class Tracker:
     def download(self, run_id: str, path: str, dst: str) -> str:
         return self.client.download_artifacts(run_id, path, dst)
 
+    @_retry
+    def metric_history(self, run_id: str, key: str) -> List[Any]:
+        """Every logged value of one metric of a run (MLflow ``Metric`` entities: step, value, timestamp)."""
+        return self.client.get_metric_history(run_id, key)
+
     def remove_unfinished(self, exp_id: str, spec_hash: str) -> int:
         """Delete runs of this cell left RUNNING by a dead process (the caller holds the cell's lock)."""
         n = 0
@@ -260,18 +271,12 @@ class Tracker:
 def _store_init_lock(uri: str):
     """Several processes starting at once on one SQLite file take turns creating it (MLflow's table
     creation is not safe against a concurrent creator)."""
-    if not uri.startswith("sqlite:///"):
+    db = sqlite_path(uri)
+    if db is None:
         yield
         return
-    import fcntl
-
-    lock_path = Path(uri[len("sqlite:///"):]).with_suffix(".init.lock")
-    with open(lock_path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with exclusive(db.with_suffix(".init.lock")):
+        yield
 
 
 def _pid_alive(pid: int) -> bool:
@@ -289,9 +294,3 @@ def _pid_alive(pid: int) -> bool:
 def _param_str(v: Any) -> str:
     s = json.dumps(v, sort_keys=True) if isinstance(v, (list, dict)) else str(v)
     return s if len(s) <= 6000 else s[:5990] + "…"
-
-
-def flatten_params(config: Dict[str, Any]) -> Dict[str, Any]:
-    from .suite import flatten
-
-    return flatten(config)

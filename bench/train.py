@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from .metrics import split_name
 from .tasks.base import Task, aggregate
 
 __all__ = ["set_seed", "make_optimizer", "make_scheduler", "Scheduler", "make_loader", "train_epoch", "evaluate",
@@ -243,9 +244,9 @@ def fit(model: nn.Module, task: Task, train_set: Dataset, train_cfg: Dict[str, A
         tr = train_epoch(model, loader, task, opt, device, penalty_fn, sched, cfg.get("grad_clip"), left, on_batch)
         done += int(tr["steps"])
         last_batch = {LAST_BATCH_LOSS: tr.pop(LAST_BATCH_LOSS)} if LAST_BATCH_LOSS in tr else {}
-        metrics = {f"train/{k}": v for k, v in tr.items()}
+        metrics = {split_name("train", k): v for k, v in tr.items()}
         if val_loader is not None:
-            metrics.update({f"val/{k}": v for k, v in evaluate(model, val_loader, task, device).items()})
+            metrics.update({split_name("val", k): v for k, v in evaluate(model, val_loader, task, device).items()})
         metrics["lr"] = opt.param_groups[0]["lr"]
         if sched is not None:
             sched.step_epoch({**tr, **metrics, **last_batch})

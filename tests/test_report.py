@@ -376,7 +376,7 @@ def test_defaults_alone_work_and_empty_store_is_noted(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     out = render_suite(load_suite(s), tracking_uri=uri)
-    assert out == Path("reports") / "tiny"
+    assert out == tmp_path / "reports" / "tiny"  # the suite's project (here: no marker above it, so the cwd)
     assert (tmp_path / "reports" / "tiny" / "01-training_curves.png").exists()
     # a store without the suite's runs must not overwrite that report: exit 2, every file unchanged
     before = {p.name: p.read_bytes() for p in out.iterdir()}

@@ -12,15 +12,15 @@
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 import pandas as pd
 
+from ..metrics import parse_corruption
 from ..suite import SCHEMA_VERSION, Suite, get_path
-from ..tracking import TAG_HASH, TAG_LABEL, TAG_REASON, TAG_SCHEMA, Tracker, _retry
+from ..tracking import TAG_HASH, TAG_LABEL, TAG_REASON, TAG_SCHEMA, Tracker
 
 __all__ = ["SuiteData", "load_suite_data", "select", "NO_RUNS"]
 
@@ -47,18 +47,7 @@ class SuiteData:
         import os
 
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        return _retry(self.tracker.client.download_artifacts)(run_id, path, dst)
-
-
-def _cell_label(spec) -> str:
-    label = spec.label
-    tail = f"seed={spec.seed}"
-    return label[: -len(tail)].strip() if label.endswith(tail) else label
-
-
-@_retry
-def _history(client, run_id: str, key: str):
-    return client.get_metric_history(run_id, key)
+        return self.tracker.download(run_id, path, dst)
 
 
 def load_suite_data(suite: Suite, tracking_uri: Optional[str] = None, tracker: Optional[Tracker] = None) -> SuiteData:
@@ -103,7 +92,7 @@ def load_suite_data(suite: Suite, tracking_uri: Optional[str] = None, tracker: O
     rows, epoch_rows, corr_rows = [], [], []
     for sp in suite.specs:
         r = best.get(sp.hash)
-        row: Dict[str, Any] = {"spec_hash": sp.hash, "label": sp.label, "cell": _cell_label(sp), "seed": sp.seed,
+        row: Dict[str, Any] = {"spec_hash": sp.hash, "label": sp.label, "cell": sp.cell_label, "seed": sp.seed,
                                "case": sp.overrides.get("case"), "theta": get_path(sp.config, "model.layer.theta", None)}
         for k in matrix_keys:
             row[k] = sp.overrides.get(k) if k in sp.overrides else get_path(sp.config, k, None)
@@ -120,14 +109,10 @@ def load_suite_data(suite: Suite, tracking_uri: Optional[str] = None, tracker: O
                     row[k] = v
             cells: Dict[tuple, Dict[str, float]] = {}
             for k, v in metrics.items():
-                if k.startswith("corruption/"):
-                    parts = k.split("/")
-                    if len(parts) == 4:
-                        try:
-                            sev = float(parts[2])
-                        except ValueError:
-                            continue
-                        cells.setdefault((parts[1], sev), {})[parts[3]] = v
+                parsed = parse_corruption(k)
+                if parsed is not None:
+                    name, sev, m = parsed
+                    cells.setdefault((name, sev), {})[m] = v
             for (name, sev), vals in sorted(cells.items()):
                 corr_rows.append({"spec_hash": sp.hash, "run_id": r.info.run_id, "corruption": name, "severity": sev,
                                   **vals})
@@ -135,7 +120,7 @@ def load_suite_data(suite: Suite, tracking_uri: Optional[str] = None, tracker: O
             for k in sorted(metrics):
                 if k.startswith(("final/", "corruption/")):
                     continue
-                for m in _history(tracker.client, r.info.run_id, k):
+                for m in tracker.metric_history(r.info.run_id, k):
                     per_epoch.setdefault(int(m.step), {})[k] = float(m.value)
             for step in sorted(per_epoch):
                 epoch_rows.append({"spec_hash": sp.hash, "run_id": r.info.run_id, "epoch": step, **per_epoch[step]})
@@ -184,7 +169,3 @@ def select(data: SuiteData, where: Optional[Dict[str, Any]]) -> pd.DataFrame:
                 break
         keep.append(ok)
     return runs[keep]
-
-
-def json_value(v: Any) -> str:
-    return json.dumps(v, sort_keys=True, default=str) if isinstance(v, (list, dict)) else str(v)

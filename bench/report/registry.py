@@ -2,12 +2,15 @@
 
 Every entry of a suite's ``reports:`` list is ``{kind: <name>, **options}``; the keys every kind
 accepts are :data:`COMMON` (``where``, ``name``, ``title``). Unknown kinds or options are errors that
-list the valid ones (:func:`check_reports`), checked when the suite is loaded.
+list the valid ones (:func:`check_reports`), checked when the suite is loaded. The built-in kinds register
+themselves when :mod:`bench.report` is imported (it imports :mod:`bench.report.kinds`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional
+
+from irn_core.registry import Registry, unknown_options
 
 __all__ = ["ReportKind", "REPORTS", "register_report", "get_report", "report_kinds", "check_reports",
            "resolve_entry", "COMMON"]
@@ -29,36 +32,26 @@ class ReportKind:
     needs_runs: bool = True  # False: the kind reads something else than the suite's tracked runs (search)
 
 
-REPORTS: Dict[str, ReportKind] = {}
+REPORTS: Registry[ReportKind] = Registry("report kind")
 
 
 def register_report(name: str, options: Mapping[str, Any], doc: str = "", check=None, needs_runs: bool = True):
     """Decorator: ``@register_report("training_curves", {"metrics": None, ...})``."""
 
     def deco(fn):
-        if name in REPORTS:
-            raise ValueError(f"report kind {name!r} is already registered")
-        REPORTS[name] = ReportKind(name, fn, dict(options), doc or (fn.__doc__ or "").strip().splitlines()[0], check,
-                                   needs_runs)
+        kind = ReportKind(name, fn, dict(options), doc or (fn.__doc__ or "").strip().splitlines()[0], check, needs_runs)
+        REPORTS.register(name, kind, options=[*COMMON, *options])
         return fn
 
     return deco
 
 
-def _load_builtin() -> None:
-    from . import kinds  # noqa: F401  (registers the built-in kinds)
-
-
 def report_kinds() -> List[str]:
-    _load_builtin()
-    return sorted(REPORTS)
+    return REPORTS.names()
 
 
 def get_report(name: str) -> ReportKind:
-    _load_builtin()
-    if name not in REPORTS:
-        raise ValueError(f"unknown report kind {name!r}; valid: {', '.join(sorted(REPORTS))}")
-    return REPORTS[name]
+    return REPORTS.get(name)
 
 
 def _as_dict(entry: Any) -> Dict[str, Any]:
@@ -78,8 +71,7 @@ def resolve_entry(entry: Any) -> Dict[str, Any]:
     valid = {**COMMON, **kind.options}
     bad = sorted(set(e) - set(valid) - {"kind"})
     if bad:
-        raise ValueError(f"unknown option(s) {', '.join(map(repr, bad))} for report kind {kind.name!r}; "
-                         f"valid: {', '.join(sorted(valid))}")
+        raise ValueError(unknown_options(f"report kind {kind.name!r}", bad, sorted(valid)))
     out = {"kind": kind.name, **valid, **{k: v for k, v in e.items() if k != "kind"}}
     where = out.get("where")
     if where is not None and not isinstance(where, Mapping):

@@ -8,6 +8,8 @@ import traceback
 from pathlib import Path
 from typing import List, Optional
 
+from ..paths import reports_dir
+from ..tracking import missing_store
 from .data import load_suite_data, select
 from .output import GENERATED_MARK, ReportContext, Section, setup_matplotlib
 from .registry import get_report, resolve_entry
@@ -22,7 +24,8 @@ class ReportError(ValueError):
 
 
 def default_out_dir(suite) -> Path:
-    return Path("reports") / suite.name
+    """``reports/<suite name>`` in the project the suite file belongs to (:func:`bench.paths.reports_dir`)."""
+    return reports_dir(suite.name, suite=suite.path or None)
 
 
 def _clean(out_dir: Path) -> None:
@@ -44,7 +47,7 @@ def _where_text(where) -> str:
 def render_suite(suite, tracking_uri: Optional[str] = None, out_dir: Optional[Path] = None) -> Path:
     """Read ``suite``'s runs from the tracking store and render every entry of its ``reports:`` list.
 
-    Returns the output folder (default ``reports/<suite-name>`` relative to the working directory).
+    Returns the output folder (default ``<project>/reports/<suite-name>``, :mod:`bench.paths`).
     Entries that fail to render become a note in the index (the others are still rendered); an
     invalid entry (unknown kind/option) raises :class:`ReportError` before anything is written.
     """
@@ -55,8 +58,6 @@ def render_suite(suite, tracking_uri: Optional[str] = None, out_dir: Optional[Pa
             entries.append(resolve_entry(raw))
         except ValueError as e:
             raise ReportError(f"{suite.path}: reports[{i}]: {e}") from None
-    from ..tracking import missing_store
-
     gone = missing_store(tracking_uri)
     if gone:  # a report reads a store, it never creates one
         raise ReportError(f"no tracking store at {gone}: nothing has run there. Point --tracking-uri (or IRN_RESULTS / "

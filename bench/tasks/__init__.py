@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Type
 
+from irn_core.registry import Registry
+
 from .base import ClassificationTask, ImageTask, Task, aggregate, classification_metrics
 from .data import DataError, DataIntegrityError, DataNotFoundError, data_root
 from .images import CIFAR100Task, CIFAR10Task, DigitsTask, MNISTTask
@@ -32,14 +34,14 @@ __all__ = ["TASKS", "get_task", "build_task", "task_names", "Task", "ImageTask",
            "aggregate", "classification_metrics", "DataError", "DataNotFoundError", "DataIntegrityError",
            "data_root", "register_task"]
 
-TASKS: Dict[str, Type[Task]] = {}
+TASKS: Registry[Type[Task]] = Registry("task")
 
 
 def register_task(cls: Type[Task]) -> Type[Task]:
-    if not cls.name or cls.name in TASKS:
-        raise ValueError(f"task class {cls.__name__} needs a unique name (got {cls.name!r})")
-    TASKS[cls.name] = cls
-    return cls
+    """Class decorator: register a Task subclass under its ``name`` (its options: ``cls.option_names()``)."""
+    if not cls.name:
+        raise ValueError(f"task class {cls.__name__} needs a name")
+    return TASKS.register(cls.name, cls, options=cls.option_names())
 
 
 for _cls in (Ex1Sine, Ex2Stiff, Ex3Lotka, V1Function, V1Spirals, MNISTTask, CIFAR10Task, CIFAR100Task, DigitsTask):
@@ -47,14 +49,12 @@ for _cls in (Ex1Sine, Ex2Stiff, Ex3Lotka, V1Function, V1Spirals, MNISTTask, CIFA
 
 
 def task_names() -> List[str]:
-    return sorted(TASKS)
+    return TASKS.names()
 
 
 def get_task(name: str) -> Type[Task]:
     """The task class registered under ``name``."""
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; valid: {', '.join(task_names())}")
-    return TASKS[name]
+    return TASKS.get(name)
 
 
 def build_task(config: Dict[str, Any]) -> Task:

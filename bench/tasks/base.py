@@ -33,6 +33,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, ValidationError
 from torch.utils.data import Dataset
 
+from irn_core.registry import unknown_options
+
 __all__ = ["Task", "ImageTask", "TaskOptions", "aggregate", "classification_metrics", "DataSplits"]
 
 DataSplits = Tuple[Dataset, Optional[Dataset], Dataset]
@@ -48,8 +50,7 @@ def _validate(options_cls, name: str, options: Dict[str, Any]) -> BaseModel:
     valid = list(options_cls.model_fields)
     bad = sorted(set(options) - set(valid))
     if bad:
-        raise ValueError(f"unknown option(s) {', '.join(map(repr, bad))} for task {name!r}; "
-                         f"valid: {', '.join(valid) or '(none)'}")
+        raise ValueError(unknown_options(f"task {name!r}", bad, valid))
     try:
         return options_cls(**options)
     except ValidationError as e:
@@ -123,6 +124,15 @@ class Task:
     def default_regularizers(self) -> Dict[str, Any]:
         return {}
 
+    def metric_names(self) -> List[str]:
+        """The keys of :meth:`metrics` (besides ``n``): what a run logs per split (``train/…``, ``final/test/…``)."""
+        raise NotImplementedError
+
+    @property
+    def has_val(self) -> bool:
+        """Whether :meth:`data` returns a validation split (``val/…`` metrics are logged per epoch)."""
+        return False
+
     def required_data(self) -> List[Tuple[str, Optional[str]]]:
         """(data set name, data root option) of the files this task reads from disk and will not download
         (see :mod:`bench.datasets`); generated or bundled data: none."""
@@ -139,6 +149,9 @@ class ClassificationTask(Task):
     def metrics(self, output, target):
         return classification_metrics(output, target, self.topk)
 
+    def metric_names(self) -> List[str]:
+        return ["loss"] + [f"top{k}" for k in self.topk]
+
 
 class ImageTask(ClassificationTask):
     """Classification of images in [0, 1]; normalisation belongs to the model (see module doc)."""
@@ -148,6 +161,10 @@ class ImageTask(ClassificationTask):
     mean: ClassVar[Tuple[float, ...]] = (0.5,)
     std: ClassVar[Tuple[float, ...]] = (0.5,)
     pixel_range: ClassVar[Tuple[float, float]] = (0.0, 1.0)
+
+    @property
+    def has_val(self) -> bool:
+        return int(getattr(self.options, "val_size", 0) or 0) > 0
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         m = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)

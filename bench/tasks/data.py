@@ -1,7 +1,7 @@
 """Loading the real image data sets (torchvision's MNIST, CIFAR-10/100), offline-friendly.
 
-Data root: the task's ``root`` option, else ``$IRN_DATA_ROOT``, else ``results/data`` (relative to
-the working directory). Layout, as torchvision expects it::
+Data root: the task's ``root`` option, else ``$IRN_DATA_ROOT``, else ``<results>/data``
+(:mod:`bench.paths`). Layout, as torchvision expects it::
 
     <root>/MNIST/raw/train-images-idx3-ubyte  train-labels-idx1-ubyte  t10k-images-idx3-ubyte  t10k-labels-idx1-ubyte
                      (the .gz files of the official release are accepted too and decompressed in place)
@@ -16,7 +16,6 @@ official release; files that are present but fail it raise :class:`DataIntegrity
 from __future__ import annotations
 
 import gzip
-import os
 import shutil
 from pathlib import Path
 from typing import Callable, Optional, Tuple
@@ -24,11 +23,12 @@ from typing import Callable, Optional, Tuple
 import torch
 from torch.utils.data import Dataset
 
+from .. import paths
+
 __all__ = ["DataError", "DataNotFoundError", "DataIntegrityError", "data_root", "load_mnist", "load_cifar",
            "ImageTensorDataset", "MNIST_FILES"]
 
-ENV_ROOT = "IRN_DATA_ROOT"
-DEFAULT_ROOT = os.path.join("results", "data")
+ENV_ROOT = paths.ENV_DATA
 MNIST_FILES = {True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
                False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 
@@ -46,15 +46,15 @@ class DataIntegrityError(DataError):
 
 
 def data_root(root: Optional[str] = None) -> Path:
-    """``root`` if given, else $IRN_DATA_ROOT, else results/data (relative to the cwd)."""
-    return Path(root or os.environ.get(ENV_ROOT) or DEFAULT_ROOT)
+    """``root`` if given, else $IRN_DATA_ROOT, else ``<results>/data`` (:func:`bench.paths.data_root`)."""
+    return paths.data_root(root)
 
 
 def _how(name: str, root: Path, folder: Path, files) -> str:
     return (f"{name} not found: expected {', '.join(files)} under {folder.resolve()}. "
             f"To get it: run once with the task option download: true on a machine with internet "
             f"(files go to {root.resolve()}), or copy the official files into {folder.resolve()}; "
-            f"the data root is the task option root, else ${ENV_ROOT}, else {DEFAULT_ROOT}.")
+            f"the data root is the task option root, else ${ENV_ROOT}, else <results>/data.")
 
 
 def load_mnist(root: Optional[str] = None, train: bool = True, download: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:

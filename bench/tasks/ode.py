@@ -44,6 +44,9 @@ class RegressionTask(Task):
     def metrics(self, output, target):
         return regression_metrics(output, target)
 
+    def metric_names(self):
+        return ["loss", "mse"]
+
 
 class TrajectoryTask(RegressionTask):
     """Targets are states z(t_j) at t_j = j·dt, j = 1..P (shape (batch, P, d)); inputs are z(0).

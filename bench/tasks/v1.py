@@ -39,6 +39,7 @@ class V1Function(RegressionTask):
 
     name = "v1_function"
     Options = V1FunctionOptions
+    has_val = True
 
     def data(self, seed: int = 0):
         o = self.options
@@ -91,6 +92,7 @@ class V1Spirals(ClassificationTask):
 
     name = "v1_spirals"
     Options = V1SpiralsOptions
+    has_val = True
     topk = (1,)
     num_classes = 2
 

@@ -45,7 +45,7 @@ def _loads(s: str) -> Any:
         return s
 
 
-def _sort_key(v: Any):
+def sort_key(v: Any):
     if isinstance(v, (int, float)) and not isinstance(v, bool):
         return (0, float(v), "")
     return (1, 0.0, json_key(v))
@@ -64,12 +64,12 @@ def make_cells(ctx, runs: pd.DataFrame, hue: Optional[str], exclude: Sequence[st
     hue_vals = {}
     for vals, idx in groups.items():
         hue_vals[vals] = hue_value(data, runs.loc[idx[0]], hue)
-    colors = hue_colors(hue, [hue_vals[v] for v in sorted(groups, key=lambda v: _sort_key(hue_vals[v]))])
+    colors = hue_colors(hue, [hue_vals[v] for v in sorted(groups, key=lambda v: sort_key(hue_vals[v]))])
     others = [k for k in keys if k != hue]
     style_of: dict = {}
     cells = []
     def order(v):  # by θ (the hue), then the other values numerically (points 2 < 4 < 10), not as strings
-        return (_sort_key(hue_vals[v]),) + tuple(_sort_key(_loads(x)) for x in v)
+        return (sort_key(hue_vals[v]),) + tuple(sort_key(_loads(x)) for x in v)
 
     for vals in sorted(groups, key=order):
         first = runs.loc[groups[vals][0]]

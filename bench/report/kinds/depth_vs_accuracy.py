@@ -11,7 +11,7 @@ from ...suite import get_path
 from ..output import hue_colors, key_label, mean_std
 from ..references import check_reference, suite_reference
 from ..registry import register_report
-from ._common import mean_sd, _sort_key
+from ._common import mean_sd, sort_key
 
 _DEPTH_KEYS = ("model.n", "model.depth", "model.steps", "model.blocks")
 
@@ -72,8 +72,8 @@ def render(ctx, e):
     tasks = list(dict.fromkeys(runs["_task"]))
     ref = suite_reference(ctx, e["reference"], {"task", "model.variant", "depth", "metric", "value"})
     disp, num = [], []
-    for colv in sorted(dict.fromkeys(runs["_col"]), key=_sort_key):
-        for rowv in sorted(dict.fromkeys(runs.loc[runs["_col"] == colv, "_row"]), key=_sort_key):
+    for colv in sorted(dict.fromkeys(runs["_col"]), key=sort_key):
+        for rowv in sorted(dict.fromkeys(runs.loc[runs["_col"] == colv, "_row"]), key=sort_key):
             cell = runs[(runs["_col"] == colv) & (runs["_row"] == rowv)]
             drow = {key_label(cols_key): str(colv), key_label(rows_key): str(rowv)}
             pd_ = _paper_depth(data.config(cell["spec_hash"].iloc[0]))
@@ -130,7 +130,7 @@ def _figure(ctx, num, cols_key, rows_key, m, scale):
     conds = list(dict.fromkeys(num["condition"]))
     tasks = list(dict.fromkeys(num["task"]))
     fig, axes = plt.subplots(len(tasks), len(conds), figsize=(3.4 * len(conds), 3.0 * len(tasks)), squeeze=False)
-    colv = sorted(dict.fromkeys(num[cols_key]), key=_sort_key)
+    colv = sorted(dict.fromkeys(num[cols_key]), key=sort_key)
     colors = hue_colors(cols_key, colv)
     use_depth = num["depth"].notna().all()
     for i, t in enumerate(tasks):

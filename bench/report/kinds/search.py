@@ -12,7 +12,7 @@ from ..registry import register_report
                      "Pareto front (storage: default results/optuna.journal; study: the name prefix)",
                  needs_runs=False)
 def render(ctx, e):
-    from bench.search import _safe_case, search_figures, suite_studies
+    from ...search import safe_name, search_figures, suite_studies  # Optuna: only when this kind renders
 
     suite = ctx.data.suite
     if suite.cfg.search is None:
@@ -30,7 +30,7 @@ def render(ctx, e):
         n = 0
         for kind, fig in search_figures(study):
             fig.suptitle(study.study_name, fontsize=9)
-            ctx.figure(fig, suffix=f"{_safe_case(study.study_name)}-{kind}",
+            ctx.figure(fig, suffix=f"{safe_name(study.study_name)}-{kind}",
                        caption=f"{study.study_name}: {kind.replace('-', ' ')}")
             n += 1
         if not n:

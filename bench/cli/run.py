@@ -1,0 +1,194 @@
+"""``bench validate``, ``bench list``, ``bench run`` and ``bench ui``: a suite's cells, checked, listed, run and
+browsed. Heavy modules (torch, MLflow) are imported inside the commands: ``bench --help`` stays fast."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .. import paths
+from .common import (DeviceOpt, OnlyOpt, SeedsOpt, SetOpt, UriOpt, check_data_or_exit, check_executor, err,
+                     load_or_exit, out, resolve_device_or_exit, status_table)
+
+__all__ = ["validate", "list_", "run", "ui"]
+
+
+def validate(suite: Path = typer.Argument(..., help="Suite YAML file."), set_: List[str] = SetOpt,
+             only: List[str] = OnlyOpt, seeds: Optional[str] = SeedsOpt):
+    """Check a suite (schema, registries, matrix, data sets on disk) without running anything."""
+    with paths.pinned(suite):
+        s = load_or_exit(suite, set_, only, seeds)
+        check_data_or_exit(suite, s)
+    out.print(f"{suite}: OK — suite {s.name!r}, {len(s.specs)} run(s)")
+
+
+def list_(suite: Path = typer.Argument(..., help="Suite YAML file."), set_: List[str] = SetOpt,
+          only: List[str] = OnlyOpt, seeds: Optional[str] = SeedsOpt, tracking_uri: Optional[str] = UriOpt):
+    """The expanded run matrix with each run's status in the store (finished/failed/running/pending)."""
+    from ..tracking import Tracker, missing_store
+
+    with paths.pinned(suite):
+        s = load_or_exit(suite, set_, only, seeds)
+        gone = missing_store(tracking_uri)
+        if gone:  # a read-only command never creates a store: say where it looked
+            rows = [(i + 1, sp.label, sp.hash, "pending") for i, sp in enumerate(s.specs)]
+            out.print(status_table(f"{s.name}: {len(rows)} run(s) — no store at {gone} (nothing has run there; "
+                                   "--tracking-uri or IRN_RESULTS select another)", rows, ["#", "run", "hash", "status"]))
+            return
+        tracker = Tracker(tracking_uri)
+        status = tracker.status_by_hash(tracker.experiment_id(s.name, create=False))
+    rows = [(i + 1, sp.label, sp.hash, status.get(sp.hash, "PENDING").lower()) for i, sp in enumerate(s.specs)]
+    out.print(status_table(f"{s.name}: {len(rows)} run(s) — store {tracker.uri}", rows, ["#", "run", "hash", "status"]))
+
+
+def run(suite: Path = typer.Argument(..., help="Suite YAML file."),
+        set_: List[str] = SetOpt, only: List[str] = OnlyOpt, seeds: Optional[str] = SeedsOpt,
+        device: str = DeviceOpt,
+        jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Parallel workers (process/dask executors)."),
+        executor: Optional[str] = typer.Option(None, help="local | process | dask (default: process when --jobs > 1, "
+                                                "else local)"),
+        scheduler: Optional[str] = typer.Option(None, help="dask scheduler address (default: a LocalCluster)."),
+        threads: int = typer.Option(0, min=0, help="torch threads per run (0: all cores / jobs). CPU results are "
+                                    "bit-identical only for the same thread count."),
+        tracking_uri: Optional[str] = UriOpt,
+        force: bool = typer.Option(False, "--force", help="Rerun cells that already finished."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="Show what would run; run nothing."),
+        report: bool = typer.Option(True, "--report/--no-report", help="Render the suite's reports at the end.")):
+    """Run every cell of a suite (cached cells are skipped), tracked in MLflow."""
+    executor = check_executor(executor, jobs)
+    with paths.pinned(suite):
+        _run(suite, set_, only, seeds, device, jobs, executor, scheduler, threads, tracking_uri, force, dry_run, report)
+
+
+def _run(suite, set_, only, seeds, device, jobs, executor, scheduler, threads, tracking_uri, force, dry_run, report):
+    from ..executors import execute, sigterm_as_interrupt
+    from ..runner import CellContext
+    from ..tracking import TAG_COMMAND, TAG_ROLE, TAG_SUITE, TAG_SUITE_FILE, Tracker
+
+    s = load_or_exit(suite, set_, only, seeds)
+    check_data_or_exit(suite, s)
+    dev = resolve_device_or_exit(device, s)
+    tracker = Tracker(tracking_uri)
+    exp_id = tracker.experiment_id(s.name)
+    tracker.close_stale_parents(exp_id)
+    status = tracker.status_by_hash(exp_id)
+    todo = [sp for sp in s.specs if force or status.get(sp.hash) != "FINISHED"]
+    cached = len(s.specs) - len(todo)
+    if dry_run:
+        rows = [(sp.label, sp.hash, "run" if sp in todo else "cached") for sp in s.specs]
+        out.print(status_table(f"{s.name}: dry run — {len(todo)} to run, {cached} cached", rows, ["run", "hash", "action"]))
+        raise typer.Exit(0)
+
+    parent = tracker.start_run(exp_id, f"{s.name} {time.strftime('%Y-%m-%d %H:%M:%S')}",
+                               {TAG_ROLE: "parent", TAG_SUITE: s.name, TAG_COMMAND: shlex.join(sys.argv),
+                                TAG_SUITE_FILE: str(Path(suite).resolve())})
+    lock_dir = str(paths.results_dir() / "locks")
+    show_bars = err.is_terminal  # quiet (one line per run) when not a TTY
+    epoch_bars = show_bars and executor == "local"  # per-run epoch bar: only for cells run in this process
+    progress = None
+    if show_bars:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            TimeRemainingColumn(), console=err, transient=False)
+    jobs_list = []
+    for sp in todo:
+        jobs_list.append((sp.config, CellContext(suite=s.name, label=sp.label, spec_hash=sp.hash, tracking_uri=tracker.uri,
+                                                 experiment_id=exp_id, parent_run_id=parent, lock_dir=lock_dir, device=dev,
+                                                 force=force, overrides=sp.overrides, threads=threads or None)))
+    counts = {"finished": 0, "failed": 0, "cached": cached, "busy": 0}
+    results = []
+    t0 = time.perf_counter()
+    err.print(f"{s.name}: {len(s.specs)} run(s), {len(todo)} to run, {cached} cached — device {dev}, "
+              f"executor {executor}" + (f" x{jobs}" if executor != "local" else "") + f" — store {tracker.uri}"
+              f" — data {paths.data_root()}")
+    suite_task = epoch_task = None
+    if progress:
+        progress.start()
+        suite_task = progress.add_task("suite", total=len(todo))
+        epoch_task = progress.add_task("run", total=1, visible=False)
+
+    def on_start(ctx):
+        if epoch_bars:
+            progress.update(epoch_task, description=f"  {ctx.label}", completed=0, total=1, visible=True)
+
+    def on_epoch(epoch, epochs):
+        progress.update(epoch_task, completed=epoch, total=epochs)
+
+    if epoch_bars:
+        jobs_list = [(c, dataclasses.replace(ctx, progress=on_epoch)) for c, ctx in jobs_list]
+
+    def on_result(res):
+        counts[res.status] = counts.get(res.status, 0) + 1
+        results.append(res)
+        if res.status == "busy":  # revisited once this pass is over
+            return
+        line = f"[{res.status}] {res.label}" + (f" ({res.wall_time:.1f}s)" if res.wall_time else "") + \
+               (f": {res.reason}" if res.reason else "")
+        if progress:
+            progress.update(suite_task, advance=1,
+                            description=f"suite ({counts['finished']} done, {counts['failed']} failed, {counts['cached']} cached)")
+            progress.console.print(line, markup=False)
+        else:
+            err.print(line, markup=False)
+
+    sigterm_as_interrupt()  # `kill PID` stops the suite like Ctrl-C: workers stopped, runs marked KILLED
+    try:
+        execute(jobs_list, executor=executor, jobs=jobs, scheduler=scheduler, on_result=on_result, on_start=on_start)
+        busy = {r.spec_hash for r in results if r.status == "busy"}
+        if busy:  # cells another `bench run` was running: wait for them, then take its result (or run them)
+            err.print(f"waiting for {len(busy)} run(s) that another process is running")
+            results[:] = [r for r in results if r.status != "busy"]
+            counts["busy"] = 0
+            execute([(c, dataclasses.replace(ctx, wait=True)) for c, ctx in jobs_list if ctx.spec_hash in busy],
+                    executor=executor, jobs=jobs, scheduler=scheduler, on_result=on_result, on_start=on_start)
+    except KeyboardInterrupt:
+        tracker.finish(parent, "KILLED")
+        err.print("interrupted: finished runs are kept; rerun the same command to resume")
+        raise typer.Exit(130)
+    finally:
+        if progress:
+            progress.stop()
+    wall = time.perf_counter() - t0
+    tracker.finish(parent, "FAILED" if counts["failed"] else "FINISHED")
+
+    rows = [(r.label, r.status, f"{r.wall_time:.1f}", r.reason or "") for r in results]
+    out.print(status_table(f"{s.name}: {counts['finished']} finished, {counts['failed']} failed, "
+                           f"{counts['cached']} cached — {wall:.1f}s",
+                           rows, ["run", "status", "seconds", "reason"]))
+    failed = [r for r in results if r.status == "failed"]
+    if failed:
+        err.print(f"{len(failed)} run(s) failed (reason and traceback are in their MLflow runs):")
+        for r in failed:
+            err.print(f"  - {r.label}: {r.reason}", markup=False)
+    if report and s.cfg.reports:
+        from ..report import render_suite
+
+        try:
+            path = Path(render_suite(s, tracking_uri=tracker.uri))
+            out.print(f"report: {path / 'index.html' if path.is_dir() else path}")
+        except Exception as e:  # noqa: BLE001 - the runs are tracked; the report can be rebuilt
+            err.print(f"report failed ({type(e).__name__}: {e}); the runs are kept — retry with: bench report {suite}",
+                      markup=False)
+    out.print(f"MLflow UI: bench ui{' --tracking-uri ' + shlex.quote(tracking_uri) if tracking_uri else ''}  "
+              f"(store {tracker.uri})")
+    raise typer.Exit(1 if failed else 0)
+
+
+def ui(tracking_uri: Optional[str] = UriOpt, port: int = typer.Option(5000, help="Port on 127.0.0.1.")):
+    """Start the MLflow UI on 127.0.0.1 against the same store."""
+    from ..tracking import artifact_root, resolve_uri
+
+    uri = resolve_uri(tracking_uri)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
+    root = artifact_root(uri)
+    if root:
+        cmd += ["--default-artifact-root", root]
+    err.print(f"MLflow UI on http://127.0.0.1:{port} (store {uri}); Ctrl-C stops it")
+    os.execv(sys.executable, cmd)

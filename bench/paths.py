@@ -1,0 +1,83 @@
+"""Where bench keeps things, resolved in one place: the results folder (tracking store, cell locks, Optuna
+journal), the data root and the reports folder.
+
+Each is taken from, in order: the command-line flag (``--tracking-uri``, ``--root``, ``--out``), the environment
+(``IRN_TRACKING_URI``, ``IRN_RESULTS``, ``IRN_DATA_ROOT``), **the project the suite belongs to**, else the
+working directory. The project of a suite file is the nearest folder above it that holds ``pyproject.toml``,
+``.git`` or ``results/`` (a suite under ``<project>/suites/`` belongs to ``<project>``), so that
+``bench list ~/proj/suites/x.yaml`` run from anywhere reads ``~/proj/results`` and never starts an empty store.
+
+The CLI runs each command inside :func:`pinned`, which writes the resolved folders into the environment, so that worker
+processes (spawned pools, dask) resolve exactly the same paths.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterator, Optional
+
+__all__ = ["ENV_RESULTS", "ENV_DATA", "ENV_TRACKING", "SQLITE", "project_root", "results_dir", "data_root",
+           "reports_dir", "store_uri", "sqlite_path", "pinned"]
+
+ENV_RESULTS = "IRN_RESULTS"
+ENV_DATA = "IRN_DATA_ROOT"
+ENV_TRACKING = "IRN_TRACKING_URI"
+SQLITE = "sqlite:///"
+_MARKERS = ("pyproject.toml", ".git", "results")
+
+
+def project_root(suite: Optional[str | Path] = None) -> Path:
+    """The project a suite file belongs to (see the module docstring); the working directory without one."""
+    if suite is not None:
+        here = Path(suite).expanduser().resolve().parent
+        for folder in (here, *here.parents):
+            if any((folder / m).exists() for m in _MARKERS):
+                return folder
+            if folder.name == "suites":
+                return folder.parent
+    return Path.cwd()
+
+
+def results_dir(suite: Optional[str | Path] = None) -> Path:
+    """$IRN_RESULTS, else ``<project>/results``."""
+    env = os.environ.get(ENV_RESULTS)
+    return Path(env).expanduser().resolve() if env else project_root(suite) / "results"
+
+
+def data_root(root: Optional[str | Path] = None, suite: Optional[str | Path] = None) -> Path:
+    """``root`` (a task's ``root`` option or ``--root``), else $IRN_DATA_ROOT, else ``<results>/data``."""
+    chosen = root or os.environ.get(ENV_DATA)
+    return Path(chosen).expanduser() if chosen else results_dir(suite) / "data"
+
+
+def reports_dir(suite_name: str, out: Optional[str | Path] = None, suite: Optional[str | Path] = None) -> Path:
+    """``--out``, else ``<project>/reports/<suite name>``."""
+    return Path(out) if out is not None else project_root(suite) / "reports" / suite_name
+
+
+def store_uri(uri: Optional[str] = None, suite: Optional[str | Path] = None) -> str:
+    """The MLflow tracking URI: ``uri``, else $IRN_TRACKING_URI, else SQLite at ``<results>/mlflow.db``."""
+    return uri or os.environ.get(ENV_TRACKING) or f"{SQLITE}{results_dir(suite) / 'mlflow.db'}"
+
+
+def sqlite_path(uri: str) -> Optional[Path]:
+    """The database file of a ``sqlite:///PATH`` URI; None for any other URI."""
+    return Path(uri[len(SQLITE):]) if uri.startswith(SQLITE) else None
+
+
+@contextlib.contextmanager
+def pinned(suite: Optional[str | Path] = None) -> Iterator[None]:
+    """Resolve the results folder and the data root once, for this command and the workers it starts (through
+    the environment, restored on exit)."""
+    saved = {k: os.environ.get(k) for k in (ENV_RESULTS, ENV_DATA)}
+    os.environ[ENV_RESULTS] = str(results_dir(suite))
+    os.environ[ENV_DATA] = str(data_root(None, suite).resolve())
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
