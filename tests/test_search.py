@@ -318,3 +318,57 @@ def test_search_report_kind_renders_optuna_figures(env, tmp_path):
     files = sorted(p.name for p in (tmp_path / "rep").iterdir())
     assert any(f.endswith("-history.png") for f in files) and any(f.endswith("-parallel.svg") for f in files), files
     assert "tsearch: history" in (tmp_path / "rep" / "index.md").read_text()
+
+
+def _children(pid: int) -> list:
+    """PIDs of the live descendants of ``pid`` (from /proc; Linux)."""
+    kids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/task/{p}/children") as fh:
+                found = [int(c) for c in fh.read().split()]
+        except OSError:
+            found = []
+        kids += found
+        todo += found
+    return kids
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_sigterm_during_parallel_search_leaves_no_orphan_and_no_running_trial(tmp_path, env):
+    """`kill PID` of `bench search --jobs 2` stops both workers like Ctrl-C (the executor bench run uses): no worker
+    process survives the driver, every trial in flight is FAIL (interrupted, not counted) with its MLflow run
+    KILLED."""
+    n = 6
+    suite = _suite(tmp_path, train__epochs=3000, search__n_trials=n)
+    p = _spawn(env, suite, "--jobs", "2")
+    try:
+        def two_training():  # both workers inside a trial's training loop (MLflow runs with an epoch logged)
+            try:
+                _, _, trial_runs = _trial_runs(env)
+            except Exception:  # noqa: BLE001 - store or experiment not created yet
+                return False
+            return sum(r.info.status == "RUNNING" and "train/loss" in r.data.metrics for r in trial_runs) >= 2
+
+        assert _wait_for(two_training, timeout=240, step=1.0), "the two workers never trained a trial"
+        workers = _children(p.pid)
+        assert workers, "no worker processes"
+        p.send_signal(signal.SIGTERM)
+        out, _ = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130, out
+    time.sleep(1)
+    alive = [w for w in workers if Path(f"/proc/{w}").exists() and
+             "zombie" not in Path(f"/proc/{w}/status").read_text().lower()]
+    assert not alive, f"orphan worker processes: {alive}"
+    study = _study(env)
+    assert not [t.number for t in study.trials if t.state.name == "RUNNING"]
+    stopped = [t for t in study.trials if t.user_attrs.get(OUTCOME) == "interrupted"]
+    assert len(stopped) >= 2 and all(t.state.name == "FAIL" for t in stopped)
+    _, _, runs = _trial_runs(env)
+    assert all(r.info.status != "RUNNING" for r in runs)
+    assert [r.info.status for r in runs if int(r.data.tags["irn.trial_number"]) in {t.number for t in stopped}] \
+        == ["KILLED"] * len(stopped)

@@ -184,23 +184,39 @@ class _Worker:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     trial = study.ask()
-                for k, v in (("irn.worker", self.worker_id), ("irn.worker_lock", self.lock_path),
-                             ("irn.host", self.host), ("irn.pid", os.getpid())):
-                    trial.set_user_attr(k, v)
-                values = {p.path: p.suggest(trial) for p in sp.spec.params}
-                if sp.n_trials is not None:  # claimed past the budget by a worker without the claim lock
-                    before = [t for t in study.get_trials(deepcopy=False)
-                              if t.number < trial.number and counted(t)]
-                    if len(before) >= sp.n_trials:
-                        trial.set_user_attr(OUTCOME, "surplus")
-                        study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                        return
+                try:
+                    for k, v in (("irn.worker", self.worker_id), ("irn.worker_lock", self.lock_path),
+                                 ("irn.host", self.host), ("irn.pid", os.getpid())):
+                        trial.set_user_attr(k, v)
+                    values = {p.path: p.suggest(trial) for p in sp.spec.params}
+                    if sp.n_trials is not None:  # claimed past the budget by a worker without the claim lock
+                        before = [t for t in study.get_trials(deepcopy=False)
+                                  if t.number < trial.number and counted(t)]
+                        if len(before) >= sp.n_trials:
+                            trial.set_user_attr(OUTCOME, "surplus")
+                            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                            return
+                except KeyboardInterrupt:
+                    self._interrupted(study, trial)
+                    raise
             self.run_trial(study, sp, trial, values)
+
+    def _interrupted(self, study, trial, run_id: Optional[str] = None) -> None:
+        """A claimed trial stopped by an interrupt: FAIL (``interrupted``, not counted; a fresh trial replaces it),
+        its MLflow run KILLED — never left RUNNING."""
+        from optuna.trial import TrialState
+
+        with contextlib.suppress(Exception):
+            trial.set_user_attr(OUTCOME, "interrupted")
+            study.tell(trial, state=TrialState.FAIL)
+        if run_id:
+            with contextlib.suppress(Exception):
+                self.tracker.set_tags(run_id, {T.TAG_TRIAL_STATE: "FAIL", T.TAG_REASON: "interrupted (not counted)"})
+                self.tracker.finish(run_id, "KILLED")
 
     def run_trial(self, study, sp: StudyPlan, trial, values: Dict[str, Any]) -> None:
         import optuna
         from optuna.trial import TrialState
-
 
         t0 = time.perf_counter()
         spec = sp.spec
@@ -208,16 +224,21 @@ class _Worker:
                     T.TAG_TRIAL: str(trial.number), T.TAG_LABEL: (sp.cell.label + " " if sp.cell.label else "")
                     + f"trial={trial.number}", T.TAG_CELL: json.dumps(sp.cell.overrides, sort_keys=True, default=str),
                     T.TAG_SEARCH_PARAMS: json.dumps(values, sort_keys=True, default=str)}
+        run_id = None
         try:
-            config = trial_config(sp.cell, values, spec.seed)
-            tag_base[T.TAG_HASH] = spec_hash(config)
-        except ValueError as e:
-            config = None
-            reason = str(e)
-        run_id = self.tracker.start_run(sp.experiment_id, f"trial {trial.number}" +
-                                        (f" [{sp.cell.label}]" if sp.cell.label else ""), tag_base)
-        trial.set_user_attr("irn.mlflow_run_id", run_id)
-        hb = _Heartbeat(study._storage, trial._trial_id)
+            try:
+                config = trial_config(sp.cell, values, spec.seed)
+                tag_base[T.TAG_HASH] = spec_hash(config)
+            except ValueError as e:
+                config = None
+                reason = str(e)
+            run_id = self.tracker.start_run(sp.experiment_id, f"trial {trial.number}" +
+                                            (f" [{sp.cell.label}]" if sp.cell.label else ""), tag_base)
+            trial.set_user_attr("irn.mlflow_run_id", run_id)
+            hb = _Heartbeat(study._storage, trial._trial_id)
+        except KeyboardInterrupt:
+            self._interrupted(study, trial, run_id)
+            raise
         state, vals, reason_txt = None, None, ""
         try:
             if config is None:
@@ -250,11 +271,7 @@ class _Worker:
             state, reason_txt = TrialState.PRUNED, str(e)
         except KeyboardInterrupt:
             hb.stop()
-            with contextlib.suppress(Exception):
-                trial.set_user_attr(OUTCOME, "interrupted")
-                study.tell(trial, state=TrialState.FAIL)
-                self.tracker.set_tags(run_id, {T.TAG_TRIAL_STATE: "FAIL", T.TAG_REASON: "interrupted (not counted)"})
-                self.tracker.finish(run_id, "KILLED")
+            self._interrupted(study, trial, run_id)
             raise
         except Exception as e:  # noqa: BLE001 - a failing trial is a result, never stops the study
             state, reason_txt = TrialState.FAIL, f"{type(e).__name__}: {e}".strip()
