@@ -13,12 +13,13 @@ processes (spawned pools, dask) resolve exactly the same paths.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from pathlib import Path
 from typing import Iterator, Optional
 
 __all__ = ["ENV_RESULTS", "ENV_DATA", "ENV_TRACKING", "SQLITE", "project_root", "results_dir", "data_root",
-           "reports_dir", "store_uri", "sqlite_path", "pinned"]
+           "reports_dir", "store_uri", "sqlite_path", "pinned", "no_space"]
 
 ENV_RESULTS = "IRN_RESULTS"
 ENV_DATA = "IRN_DATA_ROOT"
@@ -81,3 +82,20 @@ def pinned(suite: Optional[str | Path] = None) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def no_space(exc: Optional[BaseException]) -> Optional[BaseException]:
+    """The write failure behind ``exc`` (its chain included) when it is a full disk, a quota or a file-size limit
+    (SQLite says "database or disk is full"); None for anything else."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
+            return exc
+        if "database or disk is full" in str(exc).lower():
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None

@@ -25,6 +25,7 @@ import yaml
 from . import tracking as T
 from .locks import CellLock
 from .metrics import corruption_name, final_name, solver_name
+from .paths import no_space
 
 
 class DivergenceError(RuntimeError):
@@ -103,6 +104,8 @@ def run_cell(config: Dict[str, Any], ctx: CellContext) -> CellResult:
                 tracker.log_text(run_id, traceback.format_exc(), "failure/traceback.txt")
             finally:
                 tracker.finish(run_id, "FAILED")
+            if no_space(e):  # the next cells would fail the same way: stop the suite (the CLI says where)
+                raise
             return CellResult(ctx.label, ctx.spec_hash, "failed", run_id=run_id, reason=reason.splitlines()[0][:300],
                               wall_time=time.perf_counter() - t0)
         tracker.finish(run_id, "FINISHED")

@@ -129,8 +129,10 @@ class Tracker:
 
         from mlflow import MlflowClient
 
-        for name in ("mlflow", "alembic", "mlflow.store.db.utils"):  # after the import: MLflow sets its own levels
+        for name in ("mlflow", "alembic"):  # after the import: MLflow sets its own levels
             logging.getLogger(name).setLevel(logging.WARNING)
+        # store errors (a locked or full database) are retried or reported by us: not MLflow's traceback dump
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
         self.uri = resolve_uri(uri)
         with _store_init_lock(self.uri):  # MLflow creates the tables on first contact: one process at a time

@@ -2,17 +2,20 @@
 the data check and the status tables."""
 from __future__ import annotations
 
+import contextlib
+import shutil
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from .. import paths
 from ..suite import Suite, SuiteError
 
 __all__ = ["err", "out", "SetOpt", "OnlyOpt", "SeedsOpt", "UriOpt", "DeviceOpt", "load_or_exit", "check_data_or_exit",
-           "status_table", "check_executor", "resolve_device_or_exit"]
+           "status_table", "check_executor", "resolve_device_or_exit", "write_guard"]
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
@@ -98,3 +101,34 @@ def status_table(title: str, rows, columns) -> Table:
     for r in rows:
         t.add_row(*[str(x) for x in r])
     return t
+
+
+def _free(path: Path) -> str:
+    for folder in (path.parent, *path.parent.parents):
+        if folder.exists():
+            return f"{shutil.disk_usage(folder).free / 2**20:.1f} MiB free in {folder}"
+    return "free space unknown"
+
+
+@contextlib.contextmanager
+def write_guard(store: Optional[Path] = None, *files: Optional[Path]) -> Iterator[None]:
+    """Turn a write that failed for lack of space (store, journal, artifacts, report) into one clear line and exit 1.
+    Named: the file the error carries, else ``store`` for a database error (SQLite), else the first of ``files``."""
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - only out-of-space errors are handled; the rest re-raised
+        cause = paths.no_space(e)
+        if cause is None:
+            raise
+        if getattr(cause, "filename", None):
+            path = Path(cause.filename)
+        elif not isinstance(cause, OSError) and store is not None:
+            path = store
+        else:
+            path = next((f for f in (*files, store) if f is not None), Path.cwd() / "results")
+        text = getattr(cause, "strerror", None) or str(cause)
+        what = next((ln for ln in text.splitlines() if "full" in ln or "space" in ln), text.splitlines()[0]).strip()
+        err.print(f"error: cannot write {path}: {what} ({_free(path)}). Free some space (or point IRN_RESULTS / "
+                  "--storage / --out elsewhere), then rerun the same command: everything already recorded is kept",
+                  markup=False)
+        raise typer.Exit(1) from None

@@ -7,7 +7,7 @@ from typing import List, Optional
 import typer
 
 from .. import paths
-from .common import OnlyOpt, SetOpt, UriOpt, err, load_or_exit, out
+from .common import OnlyOpt, SetOpt, UriOpt, err, load_or_exit, out, write_guard
 
 __all__ = ["report"]
 
@@ -19,7 +19,7 @@ def report(suite: Path = typer.Argument(..., help="Suite YAML file."), set_: Lis
     """Render the suite's reports: from its runs in the tracking store to reports/<suite-name>/."""
     from ..report import ReportError, render_suite, report_kinds
 
-    with paths.pinned(suite):
+    with paths.pinned(suite), write_guard(None, out_dir or paths.reports_dir("report", suite=suite).parent):
         s = load_or_exit(suite, set_, only, None)
         if not s.cfg.reports:
             err.print(f"{suite}: reports: the suite has no report entries; add e.g. `reports: [{{kind: training_curves}}]` "

@@ -14,7 +14,7 @@ import typer
 
 from .. import paths
 from .common import (DeviceOpt, OnlyOpt, SeedsOpt, SetOpt, UriOpt, check_data_or_exit, check_executor, err,
-                     load_or_exit, out, resolve_device_or_exit, status_table)
+                     load_or_exit, out, resolve_device_or_exit, status_table, write_guard)
 
 __all__ = ["validate", "list_", "run", "ui"]
 
@@ -62,7 +62,7 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file."),
         report: bool = typer.Option(True, "--report/--no-report", help="Render the suite's reports at the end.")):
     """Run every cell of a suite (cached cells are skipped), tracked in MLflow."""
     executor = check_executor(executor, jobs)
-    with paths.pinned(suite):
+    with paths.pinned(suite), write_guard(paths.sqlite_path(paths.store_uri(tracking_uri)), paths.results_dir()):
         _run(suite, set_, only, seeds, device, jobs, executor, scheduler, threads, tracking_uri, force, dry_run, report)
 
 

@@ -10,7 +10,7 @@ import typer
 
 from .. import paths
 from .common import (DeviceOpt, OnlyOpt, SeedsOpt, SetOpt, UriOpt, check_executor, err, load_or_exit, out,
-                     resolve_device_or_exit, status_table)
+                     resolve_device_or_exit, status_table, write_guard)
 
 __all__ = ["search"]
 
@@ -42,6 +42,9 @@ def search(suite: Path = typer.Argument(..., help="Suite YAML file with a search
            figures: Optional[Path] = typer.Option(None, "--figures", help="Write the studies' figures "
                                                   "(PNG+SVG) into this folder."),
            dry_run: bool = typer.Option(False, "--dry-run", help="Show the studies and their progress; run nothing."),
+           repair_storage: bool = typer.Option(False, "--repair-storage", help="A journal with torn records (a crash "
+                                               "or full disk mid-write): back it up, drop the torn bytes, keep every "
+                                               "complete record, then go on."),
            quiet: bool = typer.Option(False, "--quiet", "-q", help="No line per trial.")):
     """Tune a suite's search: block with Optuna (one study per matrix cell), tracked in MLflow."""
     ex = check_executor(executor, jobs)
@@ -49,18 +52,23 @@ def search(suite: Path = typer.Argument(..., help="Suite YAML file with a search
         err.print("--executor local runs one worker; use --executor process (or dask) with --jobs > 1")
         raise typer.Exit(2)
     with paths.pinned(suite):
-        code = _search(suite, storage, study, n_trials, timeout, jobs, ex, scheduler, device, set_, only, seeds,
-                       tracking_uri, export, export_only, figures, dry_run, quiet)
+        from ..search.storage import default_storage, is_rdb, journal_path
+
+        url = storage or default_storage()
+        with write_guard(paths.sqlite_path(paths.store_uri(tracking_uri)),
+                         None if is_rdb(url) else Path(journal_path(url)), paths.results_dir()):
+            code = _search(suite, url, study, n_trials, timeout, jobs, ex, scheduler, device, set_, only, seeds,
+                           tracking_uri, export, export_only, figures, dry_run, quiet, repair_storage)
     raise typer.Exit(code)
 
 
-def _search(suite, storage, study, n_trials, timeout, jobs, ex, scheduler, device, set_, only, seeds, tracking_uri,
-            export, export_only, figures, dry_run, quiet) -> int:
+def _search(suite, url, study, n_trials, timeout, jobs, ex, scheduler, device, set_, only, seeds, tracking_uri,
+            export, export_only, figures, dry_run, quiet, repair_storage) -> int:
     from rich.markup import escape
 
     from ..executors import execute, gpu_devices, sigterm_as_interrupt, threads_per_worker
-    from ..search import (WorkerPlan, check_suite_search, default_storage, export_best, open_storage_url,
-                          plan_studies, render_search_report, run_worker, study_summary)
+    from ..search import (TornJournalError, WorkerPlan, check_suite_search, export_best, open_storage_url,
+                          plan_studies, render_search_report, repair_journal, run_worker, study_summary)
     from ..suite import SuiteError
     from ..tracking import Tracker
 
@@ -75,8 +83,17 @@ def _search(suite, storage, study, n_trials, timeout, jobs, ex, scheduler, devic
             err.print(f"  - {suite}: {line}", markup=False)
         raise typer.Exit(2)
     dev = resolve_device_or_exit(device, s)
-    url = storage or default_storage()
-    st = open_storage_url(url)
+    try:
+        st = open_storage_url(url)
+    except TornJournalError as e:
+        if not repair_storage:
+            err.print(f"error: {e}", markup=False)
+            raise typer.Exit(2)
+        found, backup = repair_journal(e.check.path)
+        err.print(f"repaired {found.path}: kept {found.records} complete record(s) ({found.salvaged} found behind a "
+                  f"torn one), dropped {sum(b for _, b in found.torn)} torn byte(s) in {len(found.torn)} place(s); "
+                  f"the original is {backup}", markup=False)
+        st = open_storage_url(url)
     tracker = Tracker(tracking_uri)
     tracker.init_store()
     try:

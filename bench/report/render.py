@@ -8,7 +8,7 @@ import traceback
 from pathlib import Path
 from typing import List, Optional
 
-from ..paths import reports_dir
+from ..paths import no_space, reports_dir
 from ..tracking import missing_store
 from .data import load_suite_data, select
 from .output import GENERATED_MARK, ReportContext, Section, setup_matplotlib
@@ -95,6 +95,8 @@ def render_suite(suite, tracking_uri: Optional[str] = None, out_dir: Optional[Pa
             try:
                 kind.render(ctx, e)
             except Exception as ex:  # noqa: BLE001 - one broken entry must not stop the others
+                if no_space(ex):  # ... but a full disk stops them all (the CLI says where)
+                    raise
                 tb = traceback.format_exception_only(type(ex), ex)[-1].strip()
                 ctx.note(f"This entry could not be rendered: {tb}")
                 import matplotlib.pyplot as plt

@@ -55,10 +55,10 @@ from .cells import Cell, check_search, check_suite_search, suite_cells, trial_co
 from .export import export_best, safe_name
 from .figures import render_search_report, search_figures, suite_studies
 from .spec import PRUNERS, SAMPLERS, SearchCfg, SearchSpec, infer_direction, parse_search
-from .storage import default_storage, open_storage, open_storage_url
+from .storage import TornJournalError, check_journal, default_storage, open_storage, open_storage_url, repair_journal
 from .worker import OUTCOME, StudyPlan, WorkerPlan, plan_studies, run_worker, study_summary
 
 __all__ = ["Cell", "check_search", "check_suite_search", "suite_cells", "trial_config", "export_best", "safe_name",
            "render_search_report", "search_figures", "suite_studies", "PRUNERS", "SAMPLERS", "SearchCfg", "SearchSpec",
-           "infer_direction", "parse_search", "default_storage", "open_storage", "open_storage_url", "OUTCOME",
+           "infer_direction", "parse_search", "TornJournalError", "check_journal", "repair_journal", "default_storage", "open_storage", "open_storage_url", "OUTCOME",
            "StudyPlan", "WorkerPlan", "plan_studies", "run_worker", "study_summary"]

@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from .. import tracking as T
 from ..locks import FileLock, exclusive, lock_is_free
 from ..metrics import metric_catalog, metric_value, mlflow_name
+from ..paths import no_space
 from ..runner import train_and_log
 from ..suite import Suite, SuiteError, spec_hash
 from .cells import Cell, pruner_direction, pruner_metric, suite_cells, trial_config
@@ -30,7 +31,7 @@ from .storage import open_storage, storage_lock_paths, storage_url_of
 __all__ = ["OUTCOME", "StudyPlan", "WorkerPlan", "counted", "quiet_optuna", "best_trials", "update_best",
            "run_worker", "plan_studies", "study_summary"]
 
-OUTCOME = "irn.outcome"  # trial user attr: complete | pruned | fail | interrupted | stale | surplus
+OUTCOME = "irn.outcome"  # trial user attr: complete | pruned | fail | interrupted | no_space | stale | surplus
 
 
 @dataclass(frozen=True)
@@ -201,17 +202,17 @@ class _Worker:
                     raise
             self.run_trial(study, sp, trial, values)
 
-    def _interrupted(self, study, trial, run_id: Optional[str] = None) -> None:
-        """A claimed trial stopped by an interrupt: FAIL (``interrupted``, not counted; a fresh trial replaces it),
-        its MLflow run KILLED — never left RUNNING."""
+    def _interrupted(self, study, trial, run_id: Optional[str] = None, outcome: str = "interrupted") -> None:
+        """A claimed trial stopped by an interrupt (or a full disk, ``outcome="no_space"``): FAIL, not counted (a fresh
+        trial replaces it), its MLflow run KILLED where the store still accepts it — never left RUNNING."""
         from optuna.trial import TrialState
 
         with contextlib.suppress(Exception):
-            trial.set_user_attr(OUTCOME, "interrupted")
+            trial.set_user_attr(OUTCOME, outcome)
             study.tell(trial, state=TrialState.FAIL)
         if run_id:
             with contextlib.suppress(Exception):
-                self.tracker.set_tags(run_id, {T.TAG_TRIAL_STATE: "FAIL", T.TAG_REASON: "interrupted (not counted)"})
+                self.tracker.set_tags(run_id, {T.TAG_TRIAL_STATE: "FAIL", T.TAG_REASON: f"{outcome} (not counted)"})
                 self.tracker.finish(run_id, "KILLED")
 
     def run_trial(self, study, sp: StudyPlan, trial, values: Dict[str, Any]) -> None:
@@ -273,7 +274,11 @@ class _Worker:
             hb.stop()
             self._interrupted(study, trial, run_id)
             raise
-        except Exception as e:  # noqa: BLE001 - a failing trial is a result, never stops the study
+        except Exception as e:  # noqa: BLE001 - a failing trial is a result, never stops the study ...
+            if no_space(e):  # ... unless the disk is full: not the configuration's fault, and nothing can be saved
+                hb.stop()
+                self._interrupted(study, trial, run_id, outcome="no_space")
+                raise
             state, reason_txt = TrialState.FAIL, f"{type(e).__name__}: {e}".strip()
             with contextlib.suppress(Exception):
                 self.tracker.log_text(run_id, traceback.format_exc(), "failure/traceback.txt")
