@@ -14,6 +14,7 @@ import functools
 import json
 import os
 import random
+import re
 import socket
 import time
 from typing import Any, Dict, List, Optional
@@ -48,7 +49,17 @@ TAG_STORAGE = "irn.storage"
 TAG_DIRECTIONS = "irn.directions"
 TAG_OBJECTIVES = "irn.objectives"
 
-__all__ = ["resolve_uri", "Tracker", "TAG_HASH", "TAG_ROLE", "TAG_REASON", "TAG_LABEL"]
+__all__ = ["resolve_uri", "Tracker", "TAG_HASH", "TAG_ROLE", "TAG_REASON", "TAG_LABEL", "redact"]
+
+_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^\s/@:]*):(?P<secret>[^\s/@]*)@")
+_SECRET_QUERY = re.compile(r"(?i)(?P<key>[?&;](?:password|passwd|pwd|token|secret|api_key|apikey|access_key)=)[^&;\s]*")
+
+
+def redact(text: str) -> str:
+    """``text`` with the secrets of any URI in it replaced by ``***``: ``scheme://user:***@host``, ``?password=***``.
+    Applied to every tag and parameter this module writes, and to the URIs the commands print."""
+    text = _CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:***@", str(text))
+    return _SECRET_QUERY.sub(lambda m: f"{m['key']}***", text)
 
 
 def resolve_uri(uri: Optional[str] = None, create: bool = True) -> str:
@@ -195,7 +206,7 @@ class Tracker:
     # ---------------------------------------------------------------- runs
     @_retry
     def start_run(self, exp_id: str, name: str, tags: Dict[str, str]) -> str:
-        tags = {TAG_PID: str(os.getpid()), TAG_HOST: socket.gethostname(), **tags}
+        tags = {TAG_PID: str(os.getpid()), TAG_HOST: socket.gethostname(), **{k: redact(v) for k, v in tags.items()}}
         run = self.client.create_run(exp_id, run_name=name, tags=tags)
         return run.info.run_id
 
@@ -203,7 +214,7 @@ class Tracker:
     def log_params(self, run_id: str, params: Dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, _param_str(v)) for k, v in sorted(params.items())]
+        items = [Param(k, redact(_param_str(v))) for k, v in sorted(params.items())]
         for i in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[i:i + 100])
 
@@ -220,7 +231,7 @@ class Tracker:
     def set_tags(self, run_id: str, tags: Dict[str, Any]) -> None:
         from mlflow.entities import RunTag
 
-        self.client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+        self.client.log_batch(run_id, tags=[RunTag(k, redact(v)[:5000]) for k, v in tags.items()])
 
     @_retry
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:

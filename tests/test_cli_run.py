@@ -323,3 +323,27 @@ def test_interrupt_during_a_store_write_is_raised_after_it():
     assert done == ["committed"] and T._PENDING_SIGNAL is None and T._STORE_DEPTH == 0
     with pytest.raises(KeyboardInterrupt):  # outside a store call: at once
         T.interrupt_handler(signal.SIGINT, None)
+
+
+def test_credentials_never_reach_the_store(env):
+    """A URI with a password on the command line (here a dask scheduler the local executor never contacts) is stored
+    in the irn.command tag with the secret replaced; so are params and tags written through the Tracker."""
+    from bench.tracking import Tracker, redact
+
+    assert redact("postgresql://alice:s3cr3t@db:5432/x?sslmode=require") == "postgresql://alice:***@db:5432/x?sslmode=require"
+    assert redact("tcp://bob:pw@host:8786 and https://h/x?token=abc&y=1") == "tcp://bob:***@host:8786 and https://h/x?token=***&y=1"
+    assert redact("sqlite:////tmp/a.db") == "sqlite:////tmp/a.db"
+    s = fast_suite(env, epochs=1, thetas="[0.0]")
+    uri = _store(env)
+    p = _bench(["run", s, "--no-report", "--tracking-uri", uri, "--scheduler", "tcp://bob:hunter2@127.0.0.1:9"], env)
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode == 0, out
+    tr = Tracker(uri)
+    parents = tr.search(tr.experiment_id("fast", create=False), "tags.`irn.role` = 'parent'")
+    cmd = parents[0].data.tags["irn.command"]
+    assert "hunter2" not in cmd and "tcp://bob:***@127.0.0.1:9" in cmd
+    run_id = runs(uri, "fast")[0].info.run_id
+    tr.log_params(run_id, {"storage": "mysql://u:topsecret@h/db"})
+    tr.set_tags(run_id, {"x": "redis://:pw2@h:6379"})
+    got = tr.client.get_run(run_id).data
+    assert got.params["storage"] == "mysql://u:***@h/db" and got.tags["x"] == "redis://:***@h:6379"

@@ -131,3 +131,24 @@ def test_cifar100_pickles_and_missing_cifar(tmp_path):
     assert [train[i][1] for i in range(6)] == written["train"][1]
     with pytest.raises(DataNotFoundError, match="cifar-10-batches-py"):
         build_task({"name": "cifar10", "root": str(tmp_path)}).data(0)
+
+
+def test_unverified_cifar_never_runs_code(tmp_path):
+    """check_md5: false reads CIFAR pickles with an unpickler that accepts numeric arrays only: a file that would run
+    code when unpickled is refused with its path named, and the code does not run."""
+    _write_cifar(tmp_path, 10)
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            import os
+
+            return (os.system, (f"touch {marker}",))
+
+    folder = tmp_path / "cifar-10-batches-py"
+    with open(folder / "data_batch_2", "wb") as fh:
+        pickle.dump({"data": Evil(), "labels": [0]}, fh)
+    task = build_task({"name": "cifar10", "root": str(tmp_path), "check_md5": False, "augment": False})
+    with pytest.raises(DataIntegrityError, match="data_batch_2.*only numeric arrays"):
+        task.data(0)
+    assert not marker.exists()

@@ -13,6 +13,7 @@ from typing import List, Optional
 import typer
 
 from .. import paths
+from ..tracking import redact
 from .common import (DeviceOpt, OnlyOpt, SeedsOpt, SetOpt, UriOpt, check_data_or_exit, check_executor, err,
                      load_or_exit, out, resolve_device_or_exit, status_table, write_guard)
 
@@ -44,7 +45,7 @@ def list_(suite: Path = typer.Argument(..., help="Suite YAML file."), set_: List
         tracker = Tracker(tracking_uri)
         status = tracker.status_by_hash(tracker.experiment_id(s.name, create=False))
     rows = [(i + 1, sp.label, sp.hash, status.get(sp.hash, "PENDING").lower()) for i, sp in enumerate(s.specs)]
-    out.print(status_table(f"{s.name}: {len(rows)} run(s) — store {tracker.uri}", rows, ["#", "run", "hash", "status"]))
+    out.print(status_table(f"{s.name}: {len(rows)} run(s) — store {redact(tracker.uri)}", rows, ["#", "run", "hash", "status"]))
 
 
 def run(suite: Path = typer.Argument(..., help="Suite YAML file."),
@@ -106,7 +107,7 @@ def _run(suite, set_, only, seeds, device, jobs, executor, scheduler, threads, t
     results = []
     t0 = time.perf_counter()
     err.print(f"{s.name}: {len(s.specs)} run(s), {len(todo)} to run, {cached} cached — device {dev}, "
-              f"executor {executor}" + (f" x{jobs}" if executor != "local" else "") + f" — store {tracker.uri}"
+              f"executor {executor}" + (f" x{jobs}" if executor != "local" else "") + f" — store {redact(tracker.uri)}"
               f" — data {paths.data_root()}")
     suite_task = epoch_task = None
     if progress:
@@ -176,8 +177,8 @@ def _run(suite, set_, only, seeds, device, jobs, executor, scheduler, threads, t
         except Exception as e:  # noqa: BLE001 - the runs are tracked; the report can be rebuilt
             err.print(f"report failed ({type(e).__name__}: {e}); the runs are kept — retry with: bench report {suite}",
                       markup=False)
-    out.print(f"MLflow UI: bench ui{' --tracking-uri ' + shlex.quote(tracking_uri) if tracking_uri else ''}  "
-              f"(store {tracker.uri})")
+    out.print(f"MLflow UI: bench ui{' --tracking-uri ' + shlex.quote(redact(tracking_uri)) if tracking_uri else ''}  "
+              f"(store {redact(tracker.uri)})")
     raise typer.Exit(1 if failed else 0)
 
 
@@ -190,5 +191,5 @@ def ui(tracking_uri: Optional[str] = UriOpt, port: int = typer.Option(5000, help
     root = artifact_root(uri)
     if root:
         cmd += ["--default-artifact-root", root]
-    err.print(f"MLflow UI on http://127.0.0.1:{port} (store {uri}); Ctrl-C stops it")
+    err.print(f"MLflow UI on http://127.0.0.1:{port} (store {redact(uri)}); Ctrl-C stops it")
     os.execv(sys.executable, cmd)

@@ -9,6 +9,7 @@ from typing import Any, List, Optional
 import typer
 
 from .. import paths
+from ..tracking import redact
 from .common import (DeviceOpt, OnlyOpt, SeedsOpt, SetOpt, UriOpt, check_executor, err, load_or_exit, out,
                      resolve_device_or_exit, status_table, write_guard)
 
@@ -105,7 +106,7 @@ def _search(suite, url, study, n_trials, timeout, jobs, ex, scheduler, device, s
     limit = timeout if timeout is not None else spec.timeout
     err.print(f"{s.name}: {len(plans)} stud{'y' if len(plans) == 1 else 'ies'}, "
               f"{total if total is not None else 'unbounded'} trial(s) each"
-              + (f", timeout {limit:g}s" if limit else "") + f" — storage {url} — store {tracker.uri}")
+              + (f", timeout {limit:g}s" if limit else "") + f" — storage {redact(url)} — store {redact(tracker.uri)}")
     if not (dry_run or export_only):
         deadline = time.time() + limit if limit else None
         devices = gpu_devices(dev) if ex != "local" else [dev]
