@@ -147,6 +147,7 @@ class Tracker:
 
         self.uri = resolve_uri(uri)
         with _store_init_lock(self.uri):  # MLflow creates the tables on first contact: one process at a time
+            _create_sqlite_atomically(self.uri)
             self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
             self.init_store()
 
@@ -278,6 +279,33 @@ class Tracker:
         for r in self.search(exp_id, f"tags.`{TAG_ROLE}` = 'parent' and attributes.status = 'RUNNING'"):
             if r.data.tags.get(TAG_HOST) == host and not _pid_alive(int(r.data.tags.get(TAG_PID, "0") or 0)):
                 self.finish(r.info.run_id, "KILLED")
+
+
+def _create_sqlite_atomically(uri: str) -> None:
+    """A new SQLite store is built (tables and migrations, several seconds) in a temporary file beside it and moved into
+    place in one rename: a process killed meanwhile (even ``kill -9``) leaves only a temporary file, removed by the
+    next creator, never a half-made store. The caller holds the store's init lock."""
+    from mlflow import MlflowClient
+
+    db = sqlite_path(uri)
+    if db is None or db.exists():
+        return
+    for old in db.parent.glob(f"{db.name}.creating-*"):  # left by a killed creator
+        with contextlib.suppress(OSError):
+            old.unlink()
+    tmp = db.with_name(f"{db.name}.creating-{os.getpid()}")
+    MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments(max_results=1)
+    _dispose_engine(f"sqlite:///{tmp}")
+    os.replace(tmp, db)
+
+
+def _dispose_engine(uri: str) -> None:
+    """Close MLflow's cached connections to ``uri`` (the temporary file of a new store)."""
+    with contextlib.suppress(Exception):
+        from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+
+        store = _tracking_store_registry.get_store(uri)
+        store.engine.dispose()
 
 
 @contextlib.contextmanager
