@@ -372,3 +372,15 @@ def test_sigterm_during_parallel_search_leaves_no_orphan_and_no_running_trial(tm
     assert all(r.info.status != "RUNNING" for r in runs)
     assert [r.info.status for r in runs if int(r.data.tags["irn.trial_number"]) in {t.number for t in stopped}] \
         == ["KILLED"] * len(stopped)
+
+
+def test_concurrent_first_opens_of_a_new_sqlite_storage_do_not_race(tmp_path):
+    """Four processes opening one new SQLite Optuna storage at once all succeed (issue 19: 3 of 4 tries crashed one
+    process in Optuna's table creation)."""
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    code = ("import sys, optuna; from bench.search import open_storage; st = open_storage(sys.argv[1]); "
+            "optuna.create_study(study_name='s', storage=st, load_if_exists=True); print('ok')")
+    procs = [subprocess.Popen([sys.executable, "-c", code, url], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}) for _ in range(4)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, outs

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from ..locks import exclusive
 from ..paths import results_dir, sqlite_path
 
 __all__ = ["default_storage", "is_rdb", "open_storage", "open_storage_url", "storage_url_of", "storage_lock_paths",
@@ -54,7 +55,8 @@ def open_storage(url: str):
         if db is not None:
             db.parent.mkdir(parents=True, exist_ok=True)
             kw["engine_kwargs"] = {"connect_args": {"timeout": 60}}
-        with warnings.catch_warnings():
+        # Optuna creates the tables on first contact; two processes doing it at once on a new SQLite file race
+        with exclusive(None if db is None else f"{db}.init.lock"), warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return RDBStorage(url, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=HEARTBEAT_GRACE, **kw)
     path = Path(journal_path(url)).expanduser().resolve()
