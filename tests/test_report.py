@@ -6,6 +6,7 @@ ResNet-D/-S depth suite) with ``bench run`` into a temporary SQLite store (about
 """
 from __future__ import annotations
 
+import dataclasses
 import filecmp
 import math
 import os
@@ -459,3 +460,34 @@ def test_invariant_drift_is_zero_on_the_exact_orbit_and_positive_off_it(store):
     got = pd.read_csv(store["out"] / "06-trajectories-ex3.csv")
     assert "invariant_drift/continuous/mean" in got.columns and "invariant_drift/discrete/mean" in got.columns
     assert "invariant_drift/continuous/mean" not in pd.read_csv(store["out"] / "06-trajectories-ex2.csv").columns
+
+
+def test_a_render_killed_midway_leaves_the_previous_report_whole(tmp_path, monkeypatch):
+    """Rendering goes to a staging folder and is published file by file, index last: an interrupt in the middle of a
+    render leaves the previous report complete (before, the folder was emptied first), and files in the folder that
+    are not ours (an archived store) are never touched."""
+    monkeypatch.setenv("IRN_RESULTS", str(tmp_path))
+    s = tmp_path / "s.yaml"
+    s.write_text("name: tiny\ntask: {name: ex1_sine, n_train: 4}\ntrain: {epochs: 2}\nseeds: [0]\n"
+                 "reports:\n  - {kind: training_curves}\n  - {kind: solver_cost}\n")
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    assert _cli("run", s, "--tracking-uri", uri, "--no-report").exit_code == 0
+    out = tmp_path / "rep"
+    assert _cli("report", s, "--tracking-uri", uri, "--out", out).exit_code == 0
+    (out / "runs-store.tar.xz").write_bytes(b"keep me")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    from bench.report import registry
+
+    kind = registry.get_report("solver_cost")
+
+    def boom(ctx, e):
+        raise KeyboardInterrupt("killed while rendering")
+
+    monkeypatch.setitem(registry.REPORTS._entries, "solver_cost", dataclasses.replace(kind, render=boom))
+    with pytest.raises(KeyboardInterrupt):
+        from bench.report import render_suite
+        from bench.suite import load_suite
+
+        render_suite(load_suite(s), tracking_uri=uri, out_dir=out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert not list(tmp_path.glob(".rep.rendering-*")), "the staging folder was not removed"

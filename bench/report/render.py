@@ -4,6 +4,8 @@ from __future__ import annotations
 import html
 import os
 import re
+import shutil
+import tempfile
 import traceback
 from pathlib import Path
 from typing import List, Optional
@@ -28,14 +30,20 @@ def default_out_dir(suite) -> Path:
     return reports_dir(suite.name, suite=suite.path or None)
 
 
-def _clean(out_dir: Path) -> None:
-    """Remove the previous render (only if the folder holds one: index.md starts with our mark)."""
-    idx = out_dir / "index.md"
-    if not idx.exists() or not idx.read_text().startswith(GENERATED_MARK):
-        return
-    for p in sorted(out_dir.iterdir()):
-        if p.is_file() and p.suffix in _OUTPUT_EXT:
-            p.unlink()
+def _publish(stage: Path, out: Path) -> None:
+    """Move a complete render from ``stage`` into ``out``: each file by an atomic rename, the index last; then remove
+    the previous render's files that the new one no longer has (only when ``out`` held one of ours: index.md starts
+    with our mark — other files, e.g. an archived store, are never touched). A kill at any point leaves a readable
+    report (old, new or a mix of both files), never an empty folder."""
+    idx = out / "index.md"
+    previous = idx.exists() and idx.read_text().startswith(GENERATED_MARK)
+    new = sorted(p.name for p in stage.iterdir() if p.is_file())
+    for name in sorted(new, key=lambda n: n.startswith("index.")):
+        os.replace(stage / name, out / name)
+    if previous:
+        for p in sorted(out.iterdir()):
+            if p.is_file() and p.suffix in _OUTPUT_EXT and p.name not in new:
+                p.unlink()
 
 
 def _where_text(where) -> str:
@@ -72,7 +80,16 @@ def render_suite(suite, tracking_uri: Optional[str] = None, out_dir: Optional[Pa
                           f"{out} is left as it is. Point --tracking-uri (or IRN_RESULTS) at the store that holds the "
                           f"runs, or remove {out} to render an empty report")
     out.mkdir(parents=True, exist_ok=True)
-    _clean(out)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.rendering-", dir=out.parent))
+    try:
+        _render_entries(suite, entries, data, stage, out)
+        _publish(stage, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return out
+
+
+def _render_entries(suite, entries, data, stage: Path, out: Path) -> None:
     sections: List[Section] = []
     used = set()
     for i, e in enumerate(entries):
@@ -84,7 +101,7 @@ def render_suite(suite, tracking_uri: Optional[str] = None, out_dir: Optional[Pa
         title = e.get("title") or e["kind"].replace("_", " ") + (f" ({_where_text(e['where'])})" if e.get("where") else "")
         sec = Section(title=title, stem=stem, kind=e["kind"])
         runs = select(data, e.get("where"))
-        ctx = ReportContext(data, runs, out, sec)
+        ctx = ReportContext(data, runs, stage, sec)
         kind = get_report(e["kind"])
         if kind.needs_runs and runs.empty:
             ctx.note(f"No run of the suite matches where: {_where_text(e.get('where'))}.")
@@ -103,8 +120,7 @@ def render_suite(suite, tracking_uri: Optional[str] = None, out_dir: Optional[Pa
 
                 plt.close("all")
         sections.append(sec)
-    _write_index(out, suite, data, sections)
-    return out
+    _write_index(stage, out, suite, data, sections)
 
 
 def _status_note(ctx, runs) -> None:
@@ -122,7 +138,7 @@ def _runs_table(data):
     return pd.DataFrame(rows, columns=["run", "status", "spec hash", "MLflow run"])
 
 
-def _write_index(out: Path, suite, data, sections: List[Section]) -> None:
+def _write_index(stage: Path, out: Path, suite, data, sections: List[Section]) -> None:
     from .output import to_html, to_markdown
 
     desc = suite.cfg.description
@@ -130,7 +146,8 @@ def _write_index(out: Path, suite, data, sections: List[Section]) -> None:
     counts = data.runs["status"].value_counts().to_dict() if n else {}
     summary = f"{n} run(s) in the suite: " + ", ".join(f"{counts[s]} {s}" for s in ("finished", "failed", "running", "missing")
                                                         if counts.get(s))
-    regen = f"bench report {suite.path} --out {out.as_posix()}" if Path(suite.path).is_absolute() is False else \
+    shown = Path(os.path.relpath(out)) if out.is_absolute() and Path.cwd() in out.parents else out
+    regen = f"bench report {suite.path} --out {shown.as_posix()}" if Path(suite.path).is_absolute() is False else \
         f"bench report {suite.path}"
     md = [GENERATED_MARK, "", f"# Report: {suite.name}", ""]
     if desc:
@@ -180,8 +197,8 @@ def _write_index(out: Path, suite, data, sections: List[Section]) -> None:
     runs = _runs_table(data)
     md += ["## Runs", "", to_markdown(runs)]
     hx += ['<h2 id="runs">Runs</h2>', to_html(runs), "</body></html>"]
-    (out / "index.md").write_text("\n".join(md) + "\n")
-    (out / "index.html").write_text("\n".join(hx) + "\n")
+    (stage / "index.md").write_text("\n".join(md) + "\n")
+    (stage / "index.html").write_text("\n".join(hx) + "\n")
 
 
 def _anchor(s: Section) -> str:
