@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import tempfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from irn_core.registry import Registry
@@ -85,7 +87,10 @@ def _init_worker(queue, threads: int) -> None:
     _WORKER_DEVICE = queue.get() if queue is not None else None
 
 
-def _run_in_worker(call: Callable, *job):
+def _run_in_worker(call: Callable, marker: Optional[str], *job):
+    if marker:  # which process runs this job: read by the driver if the process dies
+        with open(marker, "w") as fh:
+            fh.write(str(os.getpid()))
     *args, ctx = job
     if _WORKER_DEVICE is not None:
         ctx = ctx.with_device(_WORKER_DEVICE)
@@ -145,29 +150,81 @@ def _local(jobs_list: List[Job], call: Callable, done: Callable, *, on_start=Non
 @EXECUTORS.register("process")
 def _process(jobs_list: List[Job], call: Callable, done: Callable, *, on_start=None, jobs: int = 1,
              scheduler=None) -> None:
-    """A pool of ``jobs`` spawned processes (one per GPU for device ``cuda``), torch threads = cores / workers."""
+    """A pool of ``jobs`` spawned processes (one per GPU for device ``cuda``), torch threads = cores / workers.
+
+    A worker killed by a signal (the OOM killer's SIGKILL, a segfault) fails its own job only: ``call.on_worker_death``
+    (e.g. :func:`bench.runner.cell_worker_died`) records it, or, for a call without that hook, the job is run again;
+    the pool, which stops every worker when one dies, is rebuilt for the jobs that were not finished."""
     if jobs <= 1:
         return _local(jobs_list, call, done, on_start=on_start)
     device = jobs_list[0][-1].device
     devices = gpu_devices(device)
-    n = min(jobs, len(jobs_list)) if len(devices) == 1 else min(len(devices), len(jobs_list))
     spawn = mp.get_context("spawn")
-    queue = None
-    if len(devices) > 1:
-        queue = spawn.Manager().Queue()
-        for i in range(n):
-            queue.put(devices[i % len(devices)])
-    threads = threads_per_worker(n) if device == "cpu" else 1
-    pool = ProcessPoolExecutor(max_workers=n, mp_context=spawn, initializer=_init_worker, initargs=(queue, threads))
-    try:
-        futs = [pool.submit(_run_in_worker, call, *args, ctx.with_threads(ctx.threads or threads))
-                for *args, ctx in jobs_list]
-        for f in as_completed(futs):
-            done(f.result())
-    except BaseException:  # interrupted: stop the workers now instead of waiting for their jobs
-        _stop_pool(pool)
-        raise
-    pool.shutdown(wait=True)
+    todo = list(enumerate(jobs_list))
+    deaths: dict = {}  # job -> times its own worker died (jobs without a death hook are retried once)
+    with tempfile.TemporaryDirectory(prefix="irn-jobs-") as marks:
+        while todo:
+            n = min(jobs, len(todo)) if len(devices) == 1 else min(len(devices), len(todo))
+            queue = None
+            if len(devices) > 1:
+                queue = spawn.Manager().Queue()
+                for i in range(n):
+                    queue.put(devices[i % len(devices)])
+            threads = threads_per_worker(n) if device == "cpu" else 1
+            pool = ProcessPoolExecutor(max_workers=n, mp_context=spawn, initializer=_init_worker,
+                                       initargs=(queue, threads))
+            try:
+                futs = {pool.submit(_run_in_worker, call, os.path.join(marks, str(key)), *job[:-1],
+                                    job[-1].with_threads(job[-1].threads or threads)): (key, job) for key, job in todo}
+                procs = dict(getattr(pool, "_processes", None) or {})  # pid -> Process, spawned by the submits
+                unfinished = dict(futs.values())
+                for f in as_completed(futs):
+                    try:
+                        res = f.result()
+                    except BrokenProcessPool:
+                        break
+                    del unfinished[futs[f][0]]
+                    done(res)
+            except BaseException:  # interrupted: stop the workers now instead of waiting for their jobs
+                _stop_pool(pool)
+                raise
+            pool.shutdown(wait=True)
+            todo = _after_broken_pool(unfinished, procs, marks, call, done, deaths)
+
+
+def _after_broken_pool(unfinished: dict, procs: dict, marks: str, call: Callable, done: Callable,
+                       deaths: dict) -> List[tuple]:
+    """The jobs to run again after the pool broke; a job whose own worker died by a signal is reported instead."""
+    import signal
+
+    again = []
+    hook = getattr(call, "on_worker_death", None)
+    for key, job in sorted(unfinished.items()):
+        try:
+            with open(os.path.join(marks, str(key))) as fh:
+                pid = int(fh.read() or 0)
+        except (OSError, ValueError):
+            pid = 0  # never started
+        proc = procs.get(pid)
+        if proc is not None:
+            proc.join(10)
+        code = proc.exitcode if proc is not None else None
+        if code is None or code >= 0 or -code == signal.SIGTERM:  # stopped by the pool's own cleanup, or not started
+            again.append((key, job))
+            continue
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = "unknown signal"
+        reason = f"worker died: signal {-code} ({name}{' — out of memory?' if -code == signal.SIGKILL else ''})"
+        deaths[key] = deaths.get(key, 0) + 1
+        if hook is not None:
+            done(hook(*job[:-1], job[-1], reason))
+        elif deaths[key] > 1:
+            raise RuntimeError(f"{reason}, twice for the same job; giving up")
+        else:
+            again.append((key, job))
+    return again
 
 
 @EXECUTORS.register("dask")

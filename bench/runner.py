@@ -115,6 +115,27 @@ def run_cell(config: Dict[str, Any], ctx: CellContext) -> CellResult:
         lock.release()
 
 
+def cell_worker_died(config: Dict[str, Any], ctx: CellContext, reason: str) -> CellResult:
+    """The process running this cell died (killed by a signal, e.g. the OOM killer): its run, left RUNNING, is marked
+    FAILED with ``reason`` — unless another runner has taken the cell meanwhile (its lock is held)."""
+    lock = CellLock(Path(ctx.lock_dir), ctx.suite, ctx.spec_hash)
+    run_id = None
+    if lock.acquire():
+        try:
+            tracker = T.Tracker(ctx.tracking_uri)
+            for r in tracker.runs_for_hash(ctx.experiment_id, ctx.spec_hash):
+                if r.info.status in ("RUNNING", "SCHEDULED"):
+                    run_id = r.info.run_id
+                    tracker.set_tags(run_id, {T.TAG_REASON: reason})
+                    tracker.finish(run_id, "FAILED")
+        finally:
+            lock.release()
+    return CellResult(ctx.label, ctx.spec_hash, "failed", run_id=run_id, reason=reason)
+
+
+run_cell.on_worker_death = cell_worker_died  # type: ignore[attr-defined]  (see bench.executors)
+
+
 # --------------------------------------------------------------------------- training
 
 

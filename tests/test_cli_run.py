@@ -382,3 +382,38 @@ def test_kill_9_during_store_creation_never_breaks_the_store(tmp_path):
 @pytest.mark.slow
 def test_kill_9_during_store_creation_20_times(tmp_path):
     _kill_during_store_creation(tmp_path, rounds=20, seed=1)
+
+
+def test_a_worker_killed_by_sigkill_fails_its_own_cell_and_the_suite_goes_on(env):
+    """What the OOM killer does to one process-pool worker: its cell is FAILED with 'worker died: signal 9', the pool is
+    rebuilt and every other cell finishes; nothing stays RUNNING (before: BrokenProcessPool aborted the suite and the
+    other worker's cell stayed RUNNING)."""
+    s = fast_suite(env, epochs=400, thetas="[0.5, 1.0, 0.0]")
+    uri = _store(env)
+    p = _bench(["run", s, "--executor", "process", "--jobs", "2"], env)
+    victim = None
+    deadline = time.time() + 180
+    while time.time() < deadline and victim is None:  # a cell whose worker is training (its lock file holds the pid)
+        time.sleep(0.5)
+        try:
+            cells = runs(uri, "fast")
+        except Exception:  # noqa: BLE001 - store still being created
+            continue
+        training = [c for c in cells if c.info.status == "RUNNING" and c.data.metrics]
+        if training:
+            victim = training[0]
+    assert victim is not None, "no cell started training"
+    pid = int(victim.data.tags["irn.pid"])
+    os.kill(pid, signal.SIGKILL)
+    out, _ = p.communicate(timeout=600)
+    assert p.returncode == 1, out
+    assert "worker died: signal 9 (SIGKILL" in out, out
+    final = {}
+    for c in runs(uri, "fast"):
+        final.setdefault(c.data.tags["irn.label"], []).append(c.info.status)
+    assert "RUNNING" not in {st for sts in final.values() for st in sts}, final
+    assert final[victim.data.tags["irn.label"]] == ["FAILED"], final
+    others = [lab for lab in final if lab != victim.data.tags["irn.label"]]
+    assert len(others) == 2 and all("FINISHED" in final[lab] for lab in others), final
+    dead = [c for c in runs(uri, "fast") if c.info.run_id == victim.info.run_id][0]
+    assert dead.info.status == "FAILED" and dead.data.tags["irn.failure_reason"].startswith("worker died: signal 9")
