@@ -207,24 +207,10 @@ class _Named(BaseModel):
     name: str
 
 
-class SolverCfg(_Named):
-    tol: float = Field(1e-6, gt=0)
-    max_iter: int = Field(100, ge=1)
-
-
-class LayerCfg(BaseModel):
-    """The implicit layers of a model (model-specific extra keys are checked by the model registry)."""
-
-    model_config = ConfigDict(extra="allow", strict=True)
-    theta: float = Field(0.5, ge=0.0, le=1.0)
-    phi: Literal["one_leg", "convex"] = "one_leg"
-    solver: Optional[SolverCfg] = None
-    backward: Optional[SolverCfg] = None
-    on_nonconvergence: Literal["warn", "raise", "ignore"] = "warn"
-
-
 class ModelCfg(_Named):
-    layer: Optional[LayerCfg] = None
+    """The resolved model: its layer options are checked by their owner, irn_core.models (see _canonical_layer)."""
+
+    layer: Optional[Dict[str, Any]] = None
 
 
 class PartialModelCfg(BaseModel):
@@ -233,7 +219,7 @@ class PartialModelCfg(BaseModel):
 
     model_config = ConfigDict(extra="allow", strict=True)
     name: Optional[str] = None
-    layer: Optional[LayerCfg] = None
+    layer: Optional[Dict[str, Any]] = None
 
 
 class TrainCfg(_Strict):
@@ -575,9 +561,18 @@ def _value_errors(resolved: Dict[str, Any]) -> List[str]:
         w = (opts or {}).get("weight") if isinstance(opts, dict) else None
         if w is not None and (not number(w) or w < 0):
             errors.append(f"regularizers.{name}.weight: must be a number >= 0 (got {w!r})")
-    theta = ((resolved.get("model") or {}).get("layer") or {}).get("theta")
-    if theta is not None and not number(theta):
+    layer = (resolved.get("model") or {}).get("layer") or {}
+    theta = layer.get("theta") if isinstance(layer, dict) else None
+    if theta is not None and (not number(theta) or not 0 <= theta <= 1):
         errors.append(f"model.layer.theta: must be a number in [0, 1] (got {theta!r})")
+    for key in ("solver", "backward"):
+        spec = layer.get(key) if isinstance(layer, dict) else None
+        if isinstance(spec, dict):
+            tol, iters = spec.get("tol"), spec.get("max_iter")
+            if tol is not None and (not number(tol) or not tol > 0):
+                errors.append(f"model.layer.{key}.tol: must be a number > 0 (got {tol!r})")
+            if iters is not None and (not isinstance(iters, int) or isinstance(iters, bool) or iters < 1):
+                errors.append(f"model.layer.{key}.max_iter: must be an integer >= 1 (got {iters!r})")
     return errors
 
 
@@ -631,32 +626,14 @@ def resolve_cell(cell_cfg: Dict[str, Any], validate_registries: bool = True) -> 
 
 
 def _canonical_layer(model: Dict[str, Any]) -> None:
-    """Record the implicit layers' effective settings in the run config (and so in its identity): θ, Φ and
-    the forward/backward solvers with every option's default filled in — a library default that changes
-    later cannot make a cached run look like the new one. NEMON is not a θ-method: only its solvers'
-    names given in the suite are completed."""
-    from irn_core.layers import DEFAULT_BACKWARD, DEFAULT_SOLVER
-    from irn_core.solvers import LINEAR_SOLVERS, NONLINEAR_SOLVERS
+    """Record the implicit layers' effective settings in the run config (and so in its identity), completed by their
+    one owner, :func:`irn_core.models.complete_layer`: a library default that changes later cannot make a cached run
+    look like the new one. Unknown solvers or options are left for the registry check to report."""
+    from irn_core.models import complete_layer, layer_kind
 
-    from irn_core.models import layer_kind
-
-    if not isinstance(model, dict) or not model.get("name"):
+    if not isinstance(model, dict) or not model.get("name") or layer_kind(model) == "none":
         return
-    kind = layer_kind(model)
-    if kind == "none":
+    try:
+        model["layer"] = complete_layer(model)
+    except (ValueError, TypeError):
         return
-    layer = model.get("layer")
-    layer = dict(layer) if isinstance(layer, dict) else {}
-    theta_method = kind == "theta"
-    if theta_method:
-        layer.setdefault("theta", 0.0)  # the model builders' default: explicit unless told
-        layer.setdefault("phi", "one_leg")
-    for key, reg, default in (("solver", NONLINEAR_SOLVERS, DEFAULT_SOLVER), ("backward", LINEAR_SOLVERS, DEFAULT_BACKWARD)):
-        spec = layer.get(key, default if theta_method else None)
-        if spec is None:
-            continue
-        try:
-            layer[key] = reg.resolve(spec).full()
-        except (ValueError, TypeError):
-            return  # reported by the registry check
-    model["layer"] = layer

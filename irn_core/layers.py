@@ -33,6 +33,8 @@ NONCONVERGENCE_POLICIES = ("warn", "raise", "ignore")
 
 SolverArg = Union[str, Dict[str, Any], SolverSpec]
 
+DEFAULT_THETA = 0.0  # explicit (a ResNet step) unless told: the one θ default of the library, models and suites
+DEFAULT_PHI = "one_leg"
 DEFAULT_SOLVER: Dict[str, Any] = {"name": "anderson", "tol": 1e-6, "max_iter": 100}
 DEFAULT_BACKWARD: Dict[str, Any] = {"name": "gmres", "tol": 1e-6, "max_iter": 50}
 
@@ -181,7 +183,7 @@ class ThetaLayer(_Stepper, nn.Module):
     run, ``last_backward_stats`` the backward ones.
     """
 
-    def __init__(self, field: nn.Module, theta: float = 0.5, h: float = 1.0, phi: str = "one_leg",
+    def __init__(self, field: nn.Module, theta: float = DEFAULT_THETA, h: float = 1.0, phi: str = DEFAULT_PHI,
                  solver: Optional[SolverArg] = None, backward: Optional[SolverArg] = None,
                  on_nonconvergence: str = "warn", name: Optional[str] = None, initial_guess: str = "explicit"):
         nn.Module.__init__(self)
@@ -226,8 +228,8 @@ class ImplicitBlock(_Stepper, nn.Module):
     ``forward(x, return_trajectory=True)`` also returns the list [y_0, …, y_T].
     """
 
-    def __init__(self, field: Union[nn.Module, Sequence[nn.Module]], steps: int, theta: float = 0.5,
-                 h: Optional[float] = None, horizon: Optional[float] = None, phi: str = "one_leg",
+    def __init__(self, field: Union[nn.Module, Sequence[nn.Module]], steps: int, theta: float = DEFAULT_THETA,
+                 h: Optional[float] = None, horizon: Optional[float] = None, phi: str = DEFAULT_PHI,
                  solver: Optional[SolverArg] = None, backward: Optional[SolverArg] = None,
                  on_nonconvergence: str = "warn", name: Optional[str] = None, initial_guess: str = "explicit"):
         nn.Module.__init__(self)

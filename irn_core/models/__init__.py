@@ -17,12 +17,14 @@ from typing import Any, Callable, Dict, List
 
 from torch import nn
 
-from ..layers import assign_names
+from ..layers import DEFAULT_BACKWARD, DEFAULT_PHI, DEFAULT_SOLVER, DEFAULT_THETA, assign_names
+from ..solvers import LINEAR_SOLVERS, NONLINEAR_SOLVERS
 from .common import check_kwargs
 from .conv import mnist_compact, mnist_e831e4c, resnet18_preact
 from .mlp_ode import MLPODE, mlp_ode
 
-__all__ = ["MODELS", "register_model", "get_model", "build_model", "model_names", "layer_kind", "MLPODE"]
+__all__ = ["MODELS", "register_model", "get_model", "build_model", "model_names", "layer_kind", "complete_layer",
+           "MLPODE"]
 
 MODELS: Dict[str, Callable[..., nn.Module]] = {}
 
@@ -56,6 +58,27 @@ def layer_kind(config: Dict[str, Any]) -> str:
     if name == "resnet_ds" and config.get("form", "post_activation") != "theta":
         return "none"
     return "theta"
+
+
+def complete_layer(config: Dict[str, Any]) -> Dict[str, Any]:
+    """The ``layer`` dict of a model config with every default the model will use filled in — the one owner of the
+    layer defaults. θ-method layers (eqs 11/12: y = x + h Φ(x, y; θ)): ``theta`` (:data:`~irn_core.layers.DEFAULT_THETA`),
+    ``phi`` and the forward/backward solvers with all their options; NEMON (an equilibrium, no θ): only the solvers
+    given are completed; explicit-only networks: unchanged. Raises ValueError for an unknown solver or option."""
+    kind = layer_kind(config)
+    layer = config.get("layer")
+    layer = dict(layer) if isinstance(layer, dict) else {}
+    if kind == "none":
+        return layer
+    theta_method = kind == "theta"
+    if theta_method:
+        layer.setdefault("theta", DEFAULT_THETA)
+        layer.setdefault("phi", DEFAULT_PHI)
+    for key, reg, default in (("solver", NONLINEAR_SOLVERS, DEFAULT_SOLVER), ("backward", LINEAR_SOLVERS, DEFAULT_BACKWARD)):
+        spec = layer.get(key, default if theta_method else None)
+        if spec is not None:
+            layer[key] = reg.resolve(spec).full()
+    return layer
 
 
 def build_model(config: Dict[str, Any]) -> nn.Module:

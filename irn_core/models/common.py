@@ -3,13 +3,13 @@
 The ``layer`` dict of a model config (same for every model)::
 
     layer:
-      theta: 0.5                 # θ ∈ [0, 1]; 0 = explicit ResNet (no solver)
+      theta: 0.5                 # θ ∈ [0, 1]; 0 = explicit ResNet (no solver); default 0 (DEFAULT_THETA)
       phi: one_leg               # one_leg (eq 12) | convex (eq 11)
       solver: {name: anderson, tol: 1.0e-6, max_iter: 100}   # or a registered name
       backward: {name: gmres, tol: 1.0e-6, max_iter: 50}
       on_nonconvergence: warn    # warn | raise | ignore
       initial_guess: explicit    # explicit (x + hF(x)) | previous (x, the authors' code)
-      # theta defaults to 0.0 (explicit) when omitted; phi/solver/backward default as in ThetaLayer
+      # omitted: theta 0.0 (explicit), phi/solver/backward as irn_core.layers.DEFAULT_*; see complete_layer
       field: {eig_range: [-3, 1], ...}   # optional wrapping of every field F (see make_field)
       # or field: {gated: {limits: [-1, 0, 1], spectral_norm: null}}: the authors' gated F^{a,b} (0.9801·F)
 
@@ -23,10 +23,12 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from ..layers import DEFAULT_THETA
+
 __all__ = ["LAYER_KEYS", "split_layer", "make_field", "Normalize", "check_kwargs", "eigen_range_class"]
 
 LAYER_KEYS = ("theta", "phi", "solver", "backward", "on_nonconvergence", "initial_guess", "field")
-_DEFAULT_LAYER = {"theta": 0.0}
+_DEFAULT_LAYER = {"theta": DEFAULT_THETA}
 
 
 def split_layer(layer: Optional[Dict[str, Any]], defaults: bool = True) -> Tuple[Dict[str, Any], Dict[str, Any]]:

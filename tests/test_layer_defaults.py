@@ -1,0 +1,68 @@
+"""One owner of the implicit-layer defaults (irn_core.models.complete_layer), used by the suite to resolve and hash
+run configs; a plain solver name works in a suite."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.suite import load_suite
+from irn_core import ImplicitBlock, ThetaLayer
+from irn_core.layers import DEFAULT_BACKWARD, DEFAULT_SOLVER, DEFAULT_THETA
+from irn_core.models import build_model, complete_layer
+from irn_core.solvers import LINEAR_SOLVERS, NONLINEAR_SOLVERS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_one_theta_default_everywhere():
+    f = torch.nn.Linear(2, 2)
+    assert DEFAULT_THETA == 0.0
+    assert ThetaLayer(f).theta == ImplicitBlock(f, steps=2).theta == DEFAULT_THETA
+    layer = complete_layer({"name": "mlp_ode"})
+    assert layer["theta"] == DEFAULT_THETA and layer["phi"] == "one_leg"
+    assert layer["solver"] == NONLINEAR_SOLVERS.resolve(DEFAULT_SOLVER).full()
+    assert layer["backward"] == LINEAR_SOLVERS.resolve(DEFAULT_BACKWARD).full()
+    model = build_model({"name": "mlp_ode"})
+    assert {m.theta for m in model.modules() if isinstance(m, (ThetaLayer, ImplicitBlock))} == {DEFAULT_THETA}
+
+
+def test_complete_layer_by_kind():
+    nemon = complete_layer({"name": "nemon", "layer": {"solver": "picard_average"}})
+    assert "theta" not in nemon and nemon["solver"]["name"] == "picard_average" and "backward" not in nemon
+    assert complete_layer({"name": "resnet_ds", "form": "post_activation"}) == {}
+    with pytest.raises(ValueError, match="andersen"):
+        complete_layer({"name": "mlp_ode", "layer": {"solver": "andersen"}})
+
+
+def test_plain_solver_name_in_a_suite(tmp_path):
+    """`model.layer.solver: anderson` (a name, as irn_core and the docs allow) used to be rejected by the suite schema."""
+    p = tmp_path / "s.yaml"
+    p.write_text("name: s\ntask: {name: ex1_sine}\nmodel: {layer: {theta: 0.5, solver: anderson, backward: neumann}}\n"
+                 "seeds: [0]\n")
+    (spec,) = load_suite(p).specs
+    layer = spec.config["model"]["layer"]
+    assert layer["solver"] == NONLINEAR_SOLVERS.resolve("anderson").full()
+    assert layer["backward"] == LINEAR_SOLVERS.resolve("neumann").full()
+    q = tmp_path / "q.yaml"
+    q.write_text(p.read_text().replace("solver: anderson", "solver: {name: anderson}"))
+    assert load_suite(q).specs[0].hash == spec.hash  # the name and the dict are the same run
+
+
+# spec hashes computed before the layer defaults moved to irn_core.models: cached runs in existing stores must
+# keep their identity (a change here recomputes every stored run)
+HASHES = {
+    "suites/quickstart.yaml": [("case=ex1 theta=0.0 seed=0", "b47b993cbad99559"),
+                               ("case=ex1 theta=0.5 seed=0", "7f39cd1413ebe65f")],
+    "suites/paper/ex1_sine.yaml": [("theta=0.0 weight=0.0 seed=10", "99fd82bc1aeaa885"),
+                                   ("theta=0.0 weight=0.25 seed=10", "da64fc45c9d33f0b")],
+    "suites/paper/nemon_mnist.yaml": [("kind=dense weight=0.0 seed=0", "b9f644babbba6a37"),
+                                      ("kind=dense weight=0.01 seed=0", "d562135a633a48c3")],
+}
+
+
+@pytest.mark.parametrize("suite", sorted(HASHES))
+def test_spec_hashes_are_stable(suite):
+    got = [(sp.label, sp.hash) for sp in load_suite(ROOT / suite, validate_registries=False).specs[:2]]
+    assert got == HASHES[suite]
