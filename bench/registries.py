@@ -102,7 +102,7 @@ def build_penalty(reg: Dict[str, Any], model: torch.nn.Module, seed: int = 0):
     forward (``keep_trajectory``); perturbation streams (arxiv-v1) run their own forward on perturbed
     copies of the batch.
     """
-    from irn_core.layers import implicit_layers
+    from irn_core.layers import theta_layers
     from irn_core.regularizers import regularization
 
     cfg, streams_cfg = _split_streams(reg)
@@ -110,7 +110,7 @@ def build_penalty(reg: Dict[str, Any], model: torch.nn.Module, seed: int = 0):
     streams = _make_streams(streams_cfg, seed) if streams_cfg and float(streams_cfg.get("weight", 0.0)) else None
     if not active and streams is None:
         return None
-    for layer in implicit_layers(model).values():
+    for layer in theta_layers(model).values():
         layer.keep_trajectory = True
     gen = torch.Generator().manual_seed(int(seed))
 

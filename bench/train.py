@@ -28,6 +28,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from irn_core.layers import constraint_projections
+
 from .metrics import split_name
 from .tasks.base import Task, aggregate
 
@@ -143,13 +145,6 @@ def _to(batch, device):
     return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
-def _project(model: nn.Module) -> None:
-    """Constraint projections after an optimiser step (ResNet-D's A₂ ≥ 0)."""
-    from irn_core.variants import project_nonnegative
-
-    project_nonnegative(model)
-
-
 def train_epoch(model: nn.Module, loader: DataLoader, task: Task, optimizer: torch.optim.Optimizer,
                 device, penalty_fn: Optional[PenaltyFn] = None, scheduler: Optional[Scheduler] = None,
                 grad_clip: Optional[float] = None, max_steps: Optional[int] = None,
@@ -161,6 +156,7 @@ def train_epoch(model: nn.Module, loader: DataLoader, task: Task, optimizer: tor
     ``max_steps`` stops the epoch early; ``on_batch(model)`` runs after every optimiser step (e.g. to read
     the solver statistics of that step's forward and backward)."""
     model.train()
+    projections = constraint_projections(model)  # e.g. ResNet-D's A₂ ≥ 0, kept after every step
     t0 = time.perf_counter()
     sums: List[Dict[str, float]] = []
     steps = 0
@@ -182,7 +178,8 @@ def train_epoch(model: nn.Module, loader: DataLoader, task: Task, optimizer: tor
         if grad_clip is not None:
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
-        _project(model)
+        for project in projections:
+            project()
         if scheduler is not None:
             scheduler.step_batch()
         if on_batch is not None:

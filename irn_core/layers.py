@@ -13,7 +13,7 @@ implicit-function theorem (:mod:`irn_core.autograd`).
 from __future__ import annotations
 
 import warnings
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -25,7 +25,9 @@ from .solvers.base import SolverError, SolverSpec, SolverStats
 from .solvers.linear import LINEAR_SOLVERS
 from .solvers.nonlinear import NONLINEAR_SOLVERS
 
-__all__ = ["ThetaLayer", "ImplicitBlock", "ConvergenceWarning", "PHIS", "assign_names", "solver_stats", "implicit_layers"]
+__all__ = ["ThetaLayer", "ImplicitBlock", "ImplicitLayer", "ThetaMethod", "ConvergenceWarning", "PHIS", "assign_names",
+           "solver_stats", "implicit_layers", "theta_layers", "constraint_projections", "DEFAULT_THETA", "DEFAULT_PHI", "DEFAULT_SOLVER",
+           "DEFAULT_BACKWARD"]
 
 PHIS = ("one_leg", "convex")
 INITIAL_GUESSES = ("explicit", "previous")
@@ -66,17 +68,12 @@ def phi_value(field: nn.Module, x: torch.Tensor, y: torch.Tensor, theta: float, 
     return (1.0 - theta) * fx + theta * field(y)
 
 
-class _Stepper:
-    """The configuration shared by ThetaLayer and ImplicitBlock: θ, Φ, solvers, policy, stats."""
+class ImplicitLayer:
+    """The protocol of every implicit layer (θ-method layers, NEMON): a name, a non-convergence policy, and the
+    forward/backward :class:`SolverStats` of its last call, one entry per solve (None where no solver ran) —
+    what :func:`implicit_layers` finds and :func:`solver_stats` reports."""
 
-    def _configure(self, theta, phi, solver, backward, on_nonconvergence, name, initial_guess="explicit"):
-        if initial_guess not in INITIAL_GUESSES:
-            raise ValueError(f"initial_guess must be one of {', '.join(INITIAL_GUESSES)}, got {initial_guess!r}")
-        self.initial_guess = initial_guess
-        self.theta = _check_theta(theta)
-        self.phi = _check_phi(phi)
-        self.solver = NONLINEAR_SOLVERS.resolve(DEFAULT_SOLVER if solver is None else solver)
-        self.backward = LINEAR_SOLVERS.resolve(DEFAULT_BACKWARD if backward is None else backward)
+    def _configure_reporting(self, on_nonconvergence: str, name: Optional[str]) -> None:
         if on_nonconvergence not in NONCONVERGENCE_POLICIES:
             raise ValueError(
                 f"on_nonconvergence must be one of {', '.join(NONCONVERGENCE_POLICIES)}, got {on_nonconvergence!r}"
@@ -84,16 +81,25 @@ class _Stepper:
         self.on_nonconvergence = on_nonconvergence
         self.name = name
         self._warned: set = set()
-        # keep_trajectory: store the states [y_0, …, y_T] of the last forward (with their graph) in
-        # ``last_trajectory`` so trajectory regularisers (eq 20) can use them after the model's forward.
-        self.keep_trajectory = False
-        self.last_trajectory: Optional[List[torch.Tensor]] = None
+        self._fwd: List[Optional[SolverStats]] = []
+        self._bwd: List[Optional[SolverStats]] = []
 
     @property
     def layer_name(self) -> str:
-        return self.name or f"{type(self).__name__}(theta={self.theta})"
+        return self.name or type(self).__name__
+
+    @property
+    def forward_stats(self) -> List[Optional[SolverStats]]:
+        """Stats of every forward solve of the last call."""
+        return list(self._fwd)
+
+    @property
+    def backward_stats(self) -> List[Optional[SolverStats]]:
+        """Stats of every backward (IFT) solve of the last backward pass."""
+        return list(self._bwd)
 
     def _report(self, stats: SolverStats, where: str) -> None:
+        """Apply the non-convergence policy (warn once per call site, raise, or ignore) to one solve's stats."""
         if stats.all_converged or self.on_nonconvergence == "ignore":
             return
         n_bad = int((~stats.converged).sum())
@@ -106,6 +112,29 @@ class _Stepper:
             self._warned.add(where)
             warnings.warn(msg + "; further warnings of this layer are suppressed", ConvergenceWarning,
                           stacklevel=4)
+
+
+class ThetaMethod(ImplicitLayer):
+    """The configuration shared by the θ-method layers (ThetaLayer, ImplicitBlock, TimeIndexedBlock): θ, Φ, solvers,
+    initial guess, and the trajectory kept for the regularisers."""
+
+    def _configure(self, theta, phi, solver, backward, on_nonconvergence, name, initial_guess="explicit"):
+        if initial_guess not in INITIAL_GUESSES:
+            raise ValueError(f"initial_guess must be one of {', '.join(INITIAL_GUESSES)}, got {initial_guess!r}")
+        self.initial_guess = initial_guess
+        self.theta = _check_theta(theta)
+        self.phi = _check_phi(phi)
+        self.solver = NONLINEAR_SOLVERS.resolve(DEFAULT_SOLVER if solver is None else solver)
+        self.backward = LINEAR_SOLVERS.resolve(DEFAULT_BACKWARD if backward is None else backward)
+        self._configure_reporting(on_nonconvergence, name)
+        # keep_trajectory: store the states [y_0, …, y_T] of the last forward (with their graph) in
+        # ``last_trajectory`` so trajectory regularisers (eq 20) can use them after the model's forward.
+        self.keep_trajectory = False
+        self.last_trajectory: Optional[List[torch.Tensor]] = None
+
+    @property
+    def layer_name(self) -> str:
+        return self.name or f"{type(self).__name__}(theta={self.theta})"
 
     def _step(self, field: nn.Module, x: torch.Tensor, h: float, record: List[SolverStats],
               record_bwd: List[Optional[SolverStats]]) -> torch.Tensor:
@@ -165,7 +194,7 @@ class _Stepper:
         return ImplicitStep.apply(problem, x, *params)
 
 
-class ThetaLayer(_Stepper, nn.Module):
+class ThetaLayer(ThetaMethod, nn.Module):
     """One implicit residual layer y = x + hΦ(γ, x, y) (eqs 11/12, 14).
 
     Args:
@@ -190,8 +219,6 @@ class ThetaLayer(_Stepper, nn.Module):
         self._configure(theta, phi, solver, backward, on_nonconvergence, name, initial_guess)
         self.field = field
         self.h = float(h)
-        self._fwd: List[Optional[SolverStats]] = []
-        self._bwd: List[Optional[SolverStats]] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._fwd, self._bwd = [], []
@@ -220,7 +247,7 @@ class ThetaLayer(_Stepper, nn.Module):
         return f"theta={self.theta}, h={self.h}, phi={self.phi}, solver={self.solver.name}, backward={self.backward.name}"
 
 
-class ImplicitBlock(_Stepper, nn.Module):
+class ImplicitBlock(ThetaMethod, nn.Module):
     """T implicit steps y_t = y_{t−1} + hΦ(γ_t, y_{t−1}, y_t), t = 1..T, y_0 = x (eq 14).
 
     ``field`` is one module shared by all steps, or a sequence of T modules (γ_t piecewise constant,
@@ -254,8 +281,6 @@ class ImplicitBlock(_Stepper, nn.Module):
                 raise ValueError(f"one field per step needs {steps} fields, got {len(fields)}")
             self.fields = nn.ModuleList(fields)
             self.shared = False
-        self._fwd: List[Optional[SolverStats]] = []
-        self._bwd: List[Optional[SolverStats]] = []
 
     @property
     def horizon(self) -> float:
@@ -294,18 +319,29 @@ class ImplicitBlock(_Stepper, nn.Module):
 
 
 def assign_names(model: nn.Module) -> nn.Module:
-    """Name every ThetaLayer/ImplicitBlock after its qualified module path (for warnings and logs)."""
+    """Name every implicit layer after its qualified module path (for warnings and logs)."""
     for qual, mod in model.named_modules():
-        if isinstance(mod, _Stepper) and mod.name is None:
+        if isinstance(mod, ImplicitLayer) and mod.name is None:
             mod.name = qual or type(mod).__name__
     return model
 
 
-def implicit_layers(model: nn.Module) -> Dict[str, "_Stepper"]:
-    """Every ThetaLayer/ImplicitBlock in ``model`` by qualified module path."""
-    return {(q or type(m).__name__): m for q, m in model.named_modules() if isinstance(m, _Stepper)}
+def implicit_layers(model: nn.Module) -> Dict[str, ImplicitLayer]:
+    """Every implicit layer in ``model`` (θ-method layers and NEMON) by qualified module path."""
+    return {(q or type(m).__name__): m for q, m in model.named_modules() if isinstance(m, ImplicitLayer)}
+
+
+def theta_layers(model: nn.Module) -> Dict[str, ThetaMethod]:
+    """The θ-method layers of ``model`` (those with a trajectory, for the regularisers of eq 20), by module path."""
+    return {q: m for q, m in implicit_layers(model).items() if isinstance(m, ThetaMethod)}
+
+
+def constraint_projections(model: nn.Module) -> List[Callable[[], None]]:
+    """The ``project_()`` method of every module of ``model`` that keeps a constraint by projection (e.g. ResNet-D's
+    A₂ ≥ 0): a training loop calls each after every optimiser step (find them once, not per step)."""
+    return [m.project_ for m in model.modules() if callable(getattr(m, "project_", None))]
 
 
 def solver_stats(model: nn.Module) -> Dict[str, Dict[str, List[Optional[SolverStats]]]]:
     """Forward/backward stats of the last call of every implicit layer in ``model``, by module path."""
-    return {q: {"forward": list(m._fwd), "backward": list(m._bwd)} for q, m in implicit_layers(model).items()}
+    return {q: {"forward": m.forward_stats, "backward": m.backward_stats} for q, m in implicit_layers(model).items()}

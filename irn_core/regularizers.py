@@ -24,7 +24,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Uni
 import torch
 from torch import nn
 
-from .layers import _Stepper, implicit_layers
+from .layers import ThetaMethod, theta_layers
 from .normalization import frozen_normalization
 
 __all__ = [
@@ -110,7 +110,7 @@ def hutchinson(field: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor, s
     return div / n, frob / n
 
 
-def _trajectory_of(layer: _Stepper, trajectory: Optional[Sequence[torch.Tensor]]) -> List[torch.Tensor]:
+def _trajectory_of(layer: ThetaMethod, trajectory: Optional[Sequence[torch.Tensor]]) -> List[torch.Tensor]:
     traj = trajectory if trajectory is not None else layer.last_trajectory
     if traj is None:
         raise ValueError(f"{layer.layer_name}: no trajectory; set layer.keep_trajectory = True before the forward "
@@ -120,7 +120,7 @@ def _trajectory_of(layer: _Stepper, trajectory: Optional[Sequence[torch.Tensor]]
     return list(traj)
 
 
-def trajectory_penalty(layer: _Stepper, trajectory: Optional[Sequence[torch.Tensor]] = None, *,
+def trajectory_penalty(layer: ThetaMethod, trajectory: Optional[Sequence[torch.Tensor]] = None, *,
                        divergence: float = 0.0, p: float = 0.0, jacobian: float = 0.0,
                        div_samples: int = 1, jac_samples: int = 1,
                        generator: Optional[torch.Generator] = None, time_weights: str = "t/T",
@@ -177,7 +177,7 @@ def _param_vector(field: nn.Module) -> Dict[str, torch.Tensor]:
     return dict(field.named_parameters())
 
 
-def tv_penalty(layer: _Stepper, weight: float = 1.0) -> torch.Tensor:
+def tv_penalty(layer: ThetaMethod, weight: float = 1.0) -> torch.Tensor:
     """α_TV/T Σ_{t=1..T} ‖γ_t − γ_{t−1}‖² (eq 20) over the parameters of the per-step fields (γ_0 := γ_1;
     zero for a shared field). Parameters are matched by name. A layer with fields indexed by absolute time
     (``time_fields``, e.g. :class:`~irn_core.time_indexed.TimeIndexedBlock`) sums over *all* its consecutive fields,
@@ -224,7 +224,7 @@ def diagonal_estimate(A: Callable[[torch.Tensor], torch.Tensor], like: torch.Ten
     return t / q
 
 
-def _fixed_point_map(layer: _Stepper, field: nn.Module, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+def _fixed_point_map(layer: ThetaMethod, field: nn.Module, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     theta, h = layer.theta, layer.h
     if layer.phi == "one_leg":
         return lambda y: x + h * field((1.0 - theta) * x + theta * y)
@@ -232,7 +232,7 @@ def _fixed_point_map(layer: _Stepper, field: nn.Module, x: torch.Tensor) -> Call
     return lambda y: x + h * ((1.0 - theta) * fx + theta * field(y))
 
 
-def convergence_rate_penalty(layer: _Stepper, trajectory: Optional[Sequence[torch.Tensor]] = None, *,
+def convergence_rate_penalty(layer: ThetaMethod, trajectory: Optional[Sequence[torch.Tensor]] = None, *,
                              weight: float = 1.0, rate: float = 0.5, iterations: int = 3) -> torch.Tensor:
     """Convergence-rate penalty of the fixed-point iteration (arxiv-v1 eq 9; *inferred form*, SPEC §2):
 
@@ -292,7 +292,7 @@ def regularization(model: nn.Module, config: Mapping[str, Mapping[str, object]],
     """
     cfg = check_config(config)
     comps: Dict[str, torch.Tensor] = {}
-    layers = list(implicit_layers(model).values())
+    layers = list(theta_layers(model).values())
 
     def add(name, val):
         comps[name] = comps[name] + val if name in comps else val
@@ -342,7 +342,7 @@ class PerturbationStreams:
         penalty = weight · (1/K) Σ_k Σ_l w_l · mean_batch ‖y_l(x + δ_k) − y_l(x)‖² / d_l
 
     over the hidden states y_l = every trajectory point y_1..y_T of every implicit layer, in module
-    registration order (``implicit_layers(model)``; l = 1..L). ``layer_weights``: a float, a sequence of L weights, or a callable (l, L) → w_l; the
+    registration order (``theta_layers(model)``; l = 1..L). ``layer_weights``: a float, a sequence of L weights, or a callable (l, L) → w_l; the
     weight of a state sets how strongly its perturbation must be damped. Weight normalisations are not
     advanced by this forward when ``frozen=True`` (use it when the training step makes its own clean forward
     too, so that both see the same weights). The model sees a batch of (K+1)·B samples (batch norm
@@ -381,7 +381,7 @@ class PerturbationStreams:
         B, K = x.shape[0], self.num_streams
         noise = torch.randn((K,) + tuple(x.shape), generator=self.generator, dtype=x.dtype).to(x.device)
         xs = torch.cat([x, (x.unsqueeze(0) + self.std * noise).reshape(K * B, *x.shape[1:])], dim=0)
-        layers = list(implicit_layers(model).values())
+        layers = list(theta_layers(model).values())
         saved = [m.keep_trajectory for m in layers]
         try:
             for m in layers:

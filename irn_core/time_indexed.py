@@ -16,7 +16,7 @@ from typing import List, Optional, Sequence
 import torch
 from torch import nn
 
-from .layers import _Stepper
+from .layers import ThetaMethod
 from .normalization import normalization_scope
 
 __all__ = ["TimeIndexedField", "TimeIndexedBlock"]
@@ -62,7 +62,7 @@ class TimeIndexedField(nn.Module):
         return out
 
 
-class TimeIndexedBlock(_Stepper, nn.Module):
+class TimeIndexedBlock(ThetaMethod, nn.Module):
     """y_k = y_{k−1} + hΦ(γ(t'_k), y_{k−1}, y_k), t_k = t₀ + kh, k = 1..T, from per-sample start times t₀.
 
     ``forward(x, t0, return_trajectory=False)``; θ, Φ, solvers and policies as :class:`~irn_core.layers.ThetaLayer`.
@@ -80,8 +80,6 @@ class TimeIndexedBlock(_Stepper, nn.Module):
         if self.steps < 1 or not self.h > 0:
             raise ValueError(f"steps must be >= 1 and h > 0, got {steps}, {h}")
         self.shared = False
-        self._fwd: List = []
-        self._bwd: List = []
 
     @property
     def horizon(self) -> float:

@@ -31,7 +31,7 @@ from torch.func import functional_call
 
 from .autograd import ImplicitStep, StepProblem
 from .fields import make_activation
-from .layers import DEFAULT_BACKWARD, ConvergenceWarning, ThetaLayer, ImplicitBlock
+from .layers import DEFAULT_BACKWARD, ImplicitBlock, ImplicitLayer, ThetaLayer
 from .normalization import LInfParam, conv2d_adjoint, linf_log_norm
 from .solvers.base import SolverError, SolverStats
 from .solvers.linear import LINEAR_SOLVERS
@@ -144,9 +144,6 @@ class ResNetDLayer(nn.Module):
         z = f.act(self.bn1(f.A1(x)))
         return F.relu(x - self.bn2(f.A2(z)) + self.b2)
 
-    def project_(self) -> None:
-        self.field.project_()
-
 
 class ResNetSLayer(nn.Module):
     """Explicit post-activation ResNet-S layer x ↦ σ(x − Aᵀσ(Ax + b)) (eq 4.2).
@@ -234,13 +231,14 @@ def nemon_lipschitz_bound(A: torch.Tensor, B: torch.Tensor, C: Optional[torch.Te
     return nb * nc / denom
 
 
-class NEMONLayer(nn.Module):
+class NEMONLayer(ImplicitLayer, nn.Module):
     """Implicit layer x = σ(Ax + Bu + b), output y = Cx + c (or x if ``out_features`` is None) (SPEC §5).
 
     A = :class:`LInfParam` (μ∞ ≤ m; m < 1 required). Forward: ``solver`` (default NEMON's average
     iteration ``picard_average``) from x₀ = 0 under ``no_grad``; backward: the implicit-function theorem
     (I − ∂g/∂x)ᵀ v = ∇_x L with the ``backward`` linear solver, g(x) = σ(Ax + Bu + b). σ must be
-    slope-restricted in [0, 1] (relu, tanh, ...). ``last_stats`` / ``last_backward_stats`` as the θ-layers.
+    slope-restricted in [0, 1] (relu, tanh, ...). An :class:`~irn_core.layers.ImplicitLayer` like the θ-layers:
+    found by ``implicit_layers``, its solves reported by ``solver_stats`` (``last_stats`` / ``last_backward_stats``).
     """
 
     def __init__(self, in_features: int, hidden: int, out_features: Optional[int] = None, m: float = 0.0,
@@ -256,21 +254,15 @@ class NEMONLayer(nn.Module):
         self.act = make_activation(activation)
         self.solver = NONLINEAR_SOLVERS.resolve(solver or {"name": "picard_average", "tol": 1e-6, "max_iter": 300})
         self.backward_solver = LINEAR_SOLVERS.resolve(backward or DEFAULT_BACKWARD)
-        if on_nonconvergence not in ("warn", "raise", "ignore"):
-            raise ValueError(f"on_nonconvergence must be one of warn, raise, ignore, got {on_nonconvergence!r}")
-        self.on_nonconvergence = on_nonconvergence
-        self.last_stats: Optional[SolverStats] = None
-        self.last_backward_stats: Optional[SolverStats] = None
+        self._configure_reporting(on_nonconvergence, None)
 
-    def _report(self, st: SolverStats, where: str) -> None:
-        if st.all_converged or self.on_nonconvergence == "ignore":
-            return
-        msg = (f"NEMONLayer: {where} solve ({st.solver}) did not reach tol={st.tol:g} "
-               f"(max residual {st.max_residual:.3g} after {st.iterations} iterations)")
-        if self.on_nonconvergence == "raise":
-            raise SolverError(msg)
-        import warnings
-        warnings.warn(msg, ConvergenceWarning, stacklevel=3)
+    @property
+    def last_stats(self) -> Optional[SolverStats]:
+        return self._fwd[0] if self._fwd else None
+
+    @property
+    def last_backward_stats(self) -> Optional[SolverStats]:
+        return self._bwd[0] if self._bwd else None
 
     @staticmethod
     def _g(x, A, Bu, act):
@@ -285,8 +277,8 @@ class NEMONLayer(nn.Module):
             x0 = torch.zeros_like(Bu)
             x, st = self.solver(lambda x: self._g(x, A, Bu, act), x0)
         if not bool(torch.isfinite(x).all()):
-            raise SolverError("NEMONLayer: forward solve returned NaN/Inf")
-        self.last_stats = st
+            raise SolverError(f"{self.layer_name}: forward solve returned NaN/Inf")
+        self._fwd, self._bwd = [st], [None]
         self._report(st, "forward")
         # the backward rebuilds g with exactly the tensors of this forward (also under functional_call)
         a_state = {**dict(self.A.named_buffers()), **dict(self.A.named_parameters())}
@@ -303,11 +295,11 @@ class NEMONLayer(nn.Module):
         def backward_solve(Aop, b):
             v, st_b = self.backward_solver(Aop, b)
             if not bool(torch.isfinite(v).all()):
-                raise SolverError(f"NEMONLayer: backward solve ({st_b.solver}) returned NaN/Inf")
+                raise SolverError(f"{self.layer_name}: backward solve ({st_b.solver}) returned NaN/Inf")
             return v, st_b
 
         def on_stats(st_b):
-            self.last_backward_stats = st_b
+            self._bwd[0] = st_b
             self._report(st_b, "backward")
 
         problem = StepProblem(phi=phi, h=1.0, y=x, params=params, backward_solve=backward_solve, on_stats=on_stats)
