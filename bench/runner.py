@@ -177,7 +177,7 @@ def train_and_log(config: Dict[str, Any], tracker: "T.Tracker", run_id: str, dev
     from .corruptions import evaluate_corruptions
     from .environment import environment
     from .registries import build_penalty, build_task
-    from .suite import flatten
+    from .suitefile import flatten
     from .train import evaluate, fit, make_loader, set_seed
 
     if threads:

@@ -4,9 +4,8 @@ Usable on its own: ``from irn_core import ThetaLayer, ImplicitBlock``.
 """
 from .layers import ConvergenceWarning, ImplicitBlock, ThetaLayer, assign_names, implicit_layers, solver_stats
 from .solvers import LINEAR_SOLVERS, NONLINEAR_SOLVERS, SolverError, SolverStats
-from .normalization import (
-    EigenRangeField, LInfParam, SpectralNorm, frozen_normalization, spectral_normalize, update_normalization,
-)
+from .linf import LInfParam
+from .normalization import EigenRangeField, SpectralNorm, frozen_normalization, spectral_normalize, update_normalization
 from .regularizers import REGULARIZERS, PerturbationStreams, regularization
 from .variants import (
     NEMONLayer, ResNetDField, ResNetDLayer, ResNetSField, ResNetSLayer, project_nonnegative, resnet_d_block,

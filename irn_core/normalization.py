@@ -4,7 +4,6 @@
   shape*) and uses W̃ = W / max(1, ‖W‖₂/α), with ‖W‖₂ ≈ σ = ‖W v‖ from a power-iteration vector v
   (Algorithm 1). :func:`spectral_normalize` applies it to every such layer of a module.
 - :class:`EigenRangeField` is F^{α,β} of eq 19.
-- :class:`LInfParam` is the ℓ∞ (NEMON) parameterisation A = m·I + D⁻¹ÂD − diag(|Â|·1).
 
 **When the power iteration runs.** One power step per *model forward in training mode*, never per
 solver iteration (SPEC §1: weights stay fixed while the solver iterates). The field's own ``forward``
@@ -31,7 +30,7 @@ from torch import nn
 
 __all__ = [
     "SpectralNorm", "spectral_normalize", "update_normalization", "normalization_scope", "frozen_normalization",
-    "power_iteration", "conv2d_adjoint", "EigenRangeField", "LInfParam", "linf_log_norm", "check_eig_range",
+    "power_iteration", "conv2d_adjoint", "EigenRangeField", "check_eig_range",
     "EigenGates", "GatedEigenRangeField", "eig_limits_from_stability",
 ]
 
@@ -484,52 +483,3 @@ class GatedEigenRangeField(nn.Module):
 
     def extra_repr(self) -> str:
         return f"spectral_norm={self.spectral_norm}"
-
-
-# --------------------------------------------------------------------------------------------------
-# ℓ∞ (NEMON) parameterisation
-# --------------------------------------------------------------------------------------------------
-
-def linf_log_norm(A: torch.Tensor, d: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """μ∞(A) = maxᵢ (aᵢᵢ + Σ_{j≠i} |aᵢⱼ|); with ``d`` the weighted log-norm μ∞(DAD⁻¹), D = diag(exp d)
-    (the log-norm of the norm ‖x‖ = ‖Dx‖∞)."""
-    if d is not None:
-        A = torch.exp(d)[:, None] * A * torch.exp(-d)[None, :]
-    diag = torch.diagonal(A)
-    off = A.abs().sum(dim=1) - diag.abs()
-    return (diag + off).max()
-
-
-class LInfParam(nn.Module):
-    """A = m·I + D⁻¹ÂD − diag(|Â|·1), D = diag(exp d) (SPEC §5, NEMON's parameterisation).
-
-    Since diag(·) commutes with D, A = D⁻¹(m·I + Â − diag(|Â|·1))D, hence the D-weighted log-norm
-    μ∞(DAD⁻¹) = m + maxᵢ(Âᵢᵢ − |Âᵢᵢ|) ≤ m for every Â, d (and μ∞(A) ≤ m itself when d = 0). With
-    m < 1 the implicit equation x = σ(Ax + Bu + b) is well posed for slope-restricted σ (slopes in [0, 1]).
-    ``learn_d=False`` keeps D = I.
-    """
-
-    def __init__(self, n: int, m: float = 0.0, learn_d: bool = True, init_std: Optional[float] = None):
-        super().__init__()
-        self.n, self.m = int(n), float(m)
-        std = init_std if init_std is not None else 1.0 / math.sqrt(n)
-        self.A_hat = nn.Parameter(torch.randn(n, n) * std)
-        d = torch.zeros(n)
-        if learn_d:
-            self.d = nn.Parameter(d)
-        else:
-            self.register_buffer("d", d)
-
-    def forward(self) -> torch.Tensor:
-        Ah = self.A_hat
-        e = torch.exp(self.d)
-        A = Ah * (1.0 / e)[:, None] * e[None, :]  # D⁻¹ÂD
-        A = A - torch.diag(Ah.abs().sum(dim=1)) + self.m * torch.eye(self.n, dtype=Ah.dtype, device=Ah.device)
-        return A
-
-    def log_norm(self) -> torch.Tensor:
-        """μ∞(DAD⁻¹) ≤ m."""
-        return linf_log_norm(self(), self.d)
-
-    def extra_repr(self) -> str:
-        return f"n={self.n}, m={self.m}"

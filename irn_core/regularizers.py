@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from .layers import ThetaMethod, theta_layers
+from .registry import Registry
 from .normalization import frozen_normalization
 
 __all__ = [
@@ -32,28 +33,25 @@ __all__ = [
     "convergence_rate_penalty", "PerturbationStreams", "check_config", "nemon_lipschitz_penalty", "trapezoid_weights",
 ]
 
-# name -> accepted options (and their defaults)
-REGULARIZERS: Dict[str, Dict[str, object]] = {
-    "divergence": {"weight": 0.0, "p": 0.0, "samples": 1, "time_weights": "t/T", "states": "attached",
-                   "field_time": "step_end"},
-    "jacobian": {"weight": 0.0, "samples": 1, "states": "attached", "field_time": "step_end"},
-    "tv": {"weight": 0.0},
-    "convergence_rate": {"weight": 0.0, "rate": 0.5, "iterations": 3},
-    "nemon_lipschitz": {"weight": 0.0},
-}
+# name -> accepted options and their defaults
+REGULARIZERS: Registry[Dict[str, object]] = Registry("regularizer")
+for _name, _defaults in (
+        ("divergence", {"weight": 0.0, "p": 0.0, "samples": 1, "time_weights": "t/T", "states": "attached",
+                        "field_time": "step_end"}),
+        ("jacobian", {"weight": 0.0, "samples": 1, "states": "attached", "field_time": "step_end"}),
+        ("tv", {"weight": 0.0}),
+        ("convergence_rate", {"weight": 0.0, "rate": 0.5, "iterations": 3}),
+        ("nemon_lipschitz", {"weight": 0.0})):
+    REGULARIZERS.register(_name, _defaults, options=list(_defaults))
 
 
 def check_config(config: Mapping[str, Mapping[str, object]]) -> Dict[str, Dict[str, object]]:
+    """Every regulariser's options completed with their defaults; unknown names, options or values raise."""
     out = {}
     for name, opts in (config or {}).items():
-        if name not in REGULARIZERS:
-            raise ValueError(f"unknown regularizer {name!r}; valid: {', '.join(sorted(REGULARIZERS))}")
         opts = dict(opts or {})
-        bad = sorted(set(opts) - set(REGULARIZERS[name]))
-        if bad:
-            raise ValueError(f"unknown option(s) {', '.join(map(repr, bad))} for regularizer {name!r}; "
-                             f"valid: {', '.join(REGULARIZERS[name])}")
-        out[name] = {**REGULARIZERS[name], **opts}
+        REGULARIZERS.check(name, opts)
+        out[name] = {**REGULARIZERS.get(name), **opts}
         if int(out[name].get("samples", 1)) < 1:
             raise ValueError(f"regularizer {name!r}: samples must be >= 1")
         for key, allowed in _CHOICES.items():

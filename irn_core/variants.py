@@ -15,7 +15,7 @@ ResNet-D / -S come in two uses:
 
 A₂ ≥ 0 is kept by :func:`project_nonnegative` — call it after every optimiser step.
 
-NEMON: x = σ(Ax + Bu + b), y = Cx + c with A from :class:`~irn_core.normalization.LInfParam`
+NEMON: x = σ(Ax + Bu + b), y = Cx + c with A from :class:`~irn_core.linf.LInfParam`
 (μ∞ ≤ m < 1), solved by the average iteration (solver ``"picard_average"``) and differentiated by the
 implicit-function theorem (:class:`~irn_core.autograd.ImplicitStep` with h = 1 and Φ(·, x) = σ(Ax + Bu + b)).
 """
@@ -32,7 +32,8 @@ from torch.func import functional_call
 from .autograd import ImplicitStep, StepProblem
 from .fields import make_activation
 from .layers import DEFAULT_BACKWARD, ImplicitBlock, ImplicitLayer, ThetaLayer
-from .normalization import LInfParam, conv2d_adjoint, linf_log_norm
+from .linf import LInfParam, linf_log_norm
+from .normalization import conv2d_adjoint
 from .solvers.base import SolverError, SolverStats
 from .solvers.linear import LINEAR_SOLVERS
 from .solvers.nonlinear import NONLINEAR_SOLVERS

@@ -6,7 +6,8 @@ from torch import nn
 from irn_core import EigenRangeField, ImplicitBlock, SpectralNorm, ThetaLayer, frozen_normalization, update_normalization
 from irn_core.analysis import jacobian, jacobian_eigenvalues
 from irn_core.fields import ConvField, MLPField
-from irn_core.normalization import LInfParam, conv2d_adjoint, linf_log_norm, spectral_normalize
+from irn_core.linf import LInfParam, linf_log_norm
+from irn_core.normalization import conv2d_adjoint, spectral_normalize
 
 D = torch.float64
 

@@ -6,7 +6,8 @@ from irn_core import (
     ImplicitBlock, NEMONLayer, ResNetDField, ResNetDLayer, ResNetSField, ResNetSLayer, ThetaLayer,
     project_nonnegative, resnet_d_block, resnet_s_block,
 )
-from irn_core.normalization import linf_log_norm, power_iteration
+from irn_core.linf import linf_log_norm
+from irn_core.normalization import power_iteration
 from irn_core.solvers import get_nonlinear
 from irn_core.variants import nemon_lipschitz_bound
 

@@ -19,7 +19,8 @@ from typing import Any, Dict, List, Optional
 import pandas as pd
 
 from ..metrics import parse_corruption
-from ..suite import SCHEMA_VERSION, Suite, get_path
+from ..suite import SCHEMA_VERSION, Suite
+from ..suitefile import get_path
 from ..tracking import TAG_HASH, TAG_LABEL, TAG_REASON, TAG_SCHEMA, Tracker
 
 __all__ = ["SuiteData", "load_suite_data", "select", "NO_RUNS"]

@@ -207,7 +207,7 @@ def default_hue(data, runs: pd.DataFrame, hue: Optional[str]) -> Optional[str]:
 
 
 def hue_value(data, row, hue: Optional[str]):
-    from ..suite import get_path
+    from ..suitefile import get_path
 
     if hue is None:
         return None

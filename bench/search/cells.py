@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..metrics import MetricCatalog, metric_catalog
-from ..suite import (RUN_SECTIONS, SCHEMA_VERSION, Suite, canonical_json, deep_merge, expand_matrix, get_path,
-                     resolve_cell, set_path)
+from ..suite import RUN_SECTIONS, SCHEMA_VERSION, Suite, canonical_json, expand_matrix, resolve_cell
+from ..suitefile import deep_merge, get_path, set_path
 from .spec import SearchSpec, infer_direction, parse_search
 
 __all__ = ["Cell", "suite_cells", "trial_config", "check_search", "check_suite_search", "pruner_metric",

@@ -9,7 +9,8 @@ from typing import Any, Dict, List, Tuple
 
 import yaml
 
-from ..suite import Suite, load_suite, set_path, spec_hash
+from ..suite import Suite, load_suite, spec_hash
+from ..suitefile import set_path
 from .cells import trial_config
 from .storage import storage_url_of
 from .worker import StudyPlan, best_trials

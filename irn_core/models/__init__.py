@@ -18,34 +18,30 @@ from typing import Any, Callable, Dict, List
 from torch import nn
 
 from ..layers import DEFAULT_BACKWARD, DEFAULT_PHI, DEFAULT_SOLVER, DEFAULT_THETA, assign_names
+from ..registry import Registry
 from ..solvers import LINEAR_SOLVERS, NONLINEAR_SOLVERS
 from .common import check_kwargs
 from .conv import mnist_compact, mnist_e831e4c, resnet18_preact
+from .ds_nemon import nemon, resnet_ds
 from .mlp_ode import MLPODE, mlp_ode
 
 __all__ = ["MODELS", "register_model", "get_model", "build_model", "model_names", "layer_kind", "complete_layer",
            "MLPODE"]
 
-MODELS: Dict[str, Callable[..., nn.Module]] = {}
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
 
 def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    def deco(fn):
-        if name in MODELS:
-            raise ValueError(f"model {name!r} is already registered")
-        MODELS[name] = fn
-        return fn
-    return deco
+    """Decorator: register a model builder (its keyword options are checked by :func:`build_model`)."""
+    return MODELS.register(name)
 
 
 def model_names() -> List[str]:
-    return sorted(MODELS)
+    return MODELS.names()
 
 
 def get_model(name: str) -> Callable[..., nn.Module]:
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; valid: {', '.join(model_names())}")
-    return MODELS[name]
+    return MODELS.get(name)
 
 
 def layer_kind(config: Dict[str, Any]) -> str:
@@ -100,7 +96,5 @@ register_model("resnet18_preact")(resnet18_preact)
 register_model("mnist_compact")(mnist_compact)
 register_model("mnist_e831e4c")(mnist_e831e4c)
 
-try:  # models over the ResNet-D/-S and NEMON parts of irn_core.variants
-    from . import ds_nemon as _ds_nemon  # noqa: F401  (registers resnet_ds and nemon)
-except ImportError as _e:  # pragma: no cover - only while irn_core.variants is missing
-    _VARIANTS_ERROR = _e
+register_model("resnet_ds")(resnet_ds)
+register_model("nemon")(nemon)

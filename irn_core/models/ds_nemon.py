@@ -26,7 +26,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import variants
-from . import register_model
 from .common import make_normalize, split_layer
 
 __all__ = ["resnet_ds", "nemon", "PoolPad"]
@@ -129,6 +128,3 @@ def nemon(layer: Optional[Dict[str, Any]] = None, kind: str = "dense", hidden: i
                                learn_d=learn_d, **kw)
     return _Net(make_normalize(normalize), stem, body, nn.Identity())
 
-
-register_model("resnet_ds")(resnet_ds)
-register_model("nemon")(nemon)

@@ -20,8 +20,8 @@ from typing import Tuple
 
 import torch
 
-from .base import BestIterate, SolverStats, check_mode
-from .nonlinear import Map, _done, _finish, _measure, _start, register_nonlinear
+from .base import BestIterate, SolverStats, all_done, check_initial, check_mode, finish, residual_norm
+from .nonlinear import Map, register_nonlinear
 
 __all__ = ["picard_average"]
 
@@ -40,23 +40,23 @@ def picard_average(g: Map, y0: torch.Tensor, *, tol: float = 1e-6, max_iter: int
     y = y0
     gy = g(y)
     nfe = 1
-    _start(gy, "picard_average")
-    res = _measure(gy - y, gy, mode)
+    check_initial(gy, "picard_average")
+    res = residual_norm(gy - y, gy, mode)
     init_res = res.clone()
     best = BestIterate(y, res)
     a = torch.full_like(res, float(alpha))
     view = (-1,) + (1,) * (y0.dim() - 1)
     hist = []
     it = 0
-    while it < max_iter and not _done(best, res, tol):
+    while it < max_iter and not all_done(best, res, tol):
         y = y + a.view(view) * (gy - y)
         gy = g(y)
         nfe += 1
         it += 1
-        new = _measure(gy - y, gy, mode)
+        new = residual_norm(gy - y, gy, mode)
         slow = ~(new < ratio * res)
         a = torch.where(slow, (a / shrink).clamp_min(min_alpha), a)
         res = new
         best.update(y, res)
         hist.append(float(res.max()))
-    return _finish("picard_average", best, it, nfe, t0, init_res, hist, tol, mode)
+    return finish("picard_average", best, it, nfe, t0, init_res, hist, tol, mode)

@@ -9,9 +9,11 @@ from __future__ import annotations
 import inspect
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
+
+from ..registry import Registry as BaseRegistry
 
 __all__ = [
     "SolverStats",
@@ -95,49 +97,20 @@ class BestIterate:
             self.res = torch.where(better, res, self.res)
 
 
-class Registry:
-    """Name -> solver function. Unknown names and unknown options raise, listing the valid ones."""
+class Registry(BaseRegistry):
+    """Name -> solver function (:class:`irn_core.registry.Registry`); options are the keyword-only parameters.
+    ``resolve`` turns a name or ``{name: ..., **opts}`` into a checked :class:`SolverSpec`."""
 
     def __init__(self, kind: str):
-        self.kind = kind
-        self._fns: Dict[str, Callable] = {}
+        super().__init__(f"{kind} solver")
 
     def register(self, name: str) -> Callable[[Callable], Callable]:
         def deco(fn: Callable) -> Callable:
-            if name in self._fns:
-                raise ValueError(f"{self.kind} solver {name!r} is already registered")
-            self._fns[name] = fn
+            super(Registry, self).register(name, fn)
             fn.solver_name = name  # type: ignore[attr-defined]
             return fn
 
         return deco
-
-    def names(self) -> List[str]:
-        return sorted(self._fns)
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._fns
-
-    def get(self, name: str) -> Callable:
-        if name not in self._fns:
-            raise ValueError(
-                f"unknown {self.kind} solver {name!r}; valid: {', '.join(self.names())}"
-            )
-        return self._fns[name]
-
-    def options(self, name: str) -> List[str]:
-        """Keyword options the solver accepts (beyond the positional problem arguments)."""
-        sig = inspect.signature(self.get(name))
-        return [p.name for p in sig.parameters.values() if p.kind == p.KEYWORD_ONLY]
-
-    def check_options(self, name: str, opts: Dict) -> None:
-        valid = self.options(name)
-        bad = sorted(set(opts) - set(valid))
-        if bad:
-            raise ValueError(
-                f"unknown option(s) {', '.join(map(repr, bad))} for {self.kind} solver {name!r}; "
-                f"valid: {', '.join(valid)}"
-            )
 
     def resolve(self, spec) -> "SolverSpec":
         """Normalise a name or ``{name: ..., **opts}`` dict into a checked SolverSpec."""
@@ -148,12 +121,11 @@ class Registry:
         elif isinstance(spec, dict):
             opts = dict(spec)
             if "name" not in opts:
-                raise ValueError(f"{self.kind} solver spec needs a 'name'; valid: {', '.join(self.names())}")
+                raise ValueError(f"{self.kind} spec needs a 'name'; valid: {', '.join(self.names())}")
             name = opts.pop("name")
         else:
-            raise TypeError(f"{self.kind} solver must be a name or a dict, got {type(spec).__name__}")
-        self.get(name)
-        self.check_options(name, opts)
+            raise TypeError(f"{self.kind} must be a name or a dict, got {type(spec).__name__}")
+        self.check(name, opts)
         return SolverSpec(self, name, opts)
 
 
@@ -178,19 +150,38 @@ class SolverSpec:
         return {"name": self.name, **defaults, **self.opts}
 
 
-class Timer:
-    def __enter__(self):
-        self.t0 = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        self.elapsed = time.perf_counter() - self.t0
-        return False
-
-
 def check_finite(t: torch.Tensor, what: str) -> None:
     if not bool(torch.isfinite(t).all()):
         raise SolverError(f"non-finite values (NaN/Inf) in {what}")
+
+
+# ----------------------------------------------------------------- the bookkeeping every nonlinear solver shares
+
+
+def residual_norm(r: torch.Tensor, gy: torch.Tensor, mode: str) -> torch.Tensor:
+    """Per-sample residual of y = g(y): ‖r‖ (``mode="abs"``) or ‖r‖ / (‖g(y)‖ + ε) (``"rel"``), r = g(y) − y."""
+    rn = batch_norm(r)
+    if mode == "rel":
+        return rn / (batch_norm(gy) + torch.finfo(r.dtype).tiny ** 0.5)
+    return rn
+
+
+def check_initial(gy: torch.Tensor, name: str) -> None:
+    """g must be finite at the initial guess; otherwise no solver can help (the model is broken)."""
+    check_finite(gy, f"{name}: the map evaluated at the initial guess")
+
+
+def all_done(best: "BestIterate", res: torch.Tensor, tol: float) -> bool:
+    """Every sample has either met tol or blown up (non-finite residual: diverged, not converged)."""
+    return bool(((best.res <= tol) | ~torch.isfinite(res)).all())
+
+
+def finish(name: str, best: "BestIterate", it: int, nfe: int, t0: float, init_res: torch.Tensor, hist, tol: float,
+           mode: str) -> Tuple[torch.Tensor, SolverStats]:
+    """The best iterate per sample and the solve's :class:`SolverStats` (wall time from ``t0``)."""
+    stats = SolverStats(solver=name, iterations=it, residual=best.res, converged=best.res <= tol, nfe=nfe,
+                        wall_time=time.perf_counter() - t0, init_residual=init_res, history=hist, tol=tol, mode=mode)
+    return best.y, stats
 
 
 _FORWARD_AD_READY = False

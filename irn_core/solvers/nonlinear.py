@@ -8,11 +8,13 @@ Solvers are called under ``torch.no_grad()`` by the layers: no graph survives th
 """
 from __future__ import annotations
 
+import time
 from typing import Callable, Tuple
 
 import torch
 
-from .base import BestIterate, Registry, SolverStats, batch_norm, check_finite, check_mode, prepare_forward_ad
+from .base import (BestIterate, Registry, SolverStats, all_done, batch_norm, check_initial, check_mode, finish,
+                   prepare_forward_ad, residual_norm)
 
 __all__ = ["NONLINEAR_SOLVERS", "register_nonlinear", "get_nonlinear", "fixed_point", "anderson", "lbfgs", "newton_krylov"]
 
@@ -23,41 +25,6 @@ get_nonlinear = NONLINEAR_SOLVERS.get
 Map = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _measure(r: torch.Tensor, gy: torch.Tensor, mode: str) -> torch.Tensor:
-    rn = batch_norm(r)
-    if mode == "rel":
-        return rn / (batch_norm(gy) + torch.finfo(r.dtype).tiny ** 0.5)
-    return rn
-
-
-def _start(gy: torch.Tensor, name: str) -> None:
-    """F must be finite at the initial guess; otherwise no solver can help (the model is broken)."""
-    check_finite(gy, f"{name}: the map evaluated at the initial guess")
-
-
-def _done(best: BestIterate, res: torch.Tensor, tol: float) -> bool:
-    """Every sample has either met tol or blown up (non-finite residual: diverged, not converged)."""
-    return bool(((best.res <= tol) | ~torch.isfinite(res)).all())
-
-
-def _finish(name, best: BestIterate, it, nfe, timer_t0, init_res, hist, tol, mode) -> Tuple[torch.Tensor, SolverStats]:
-    import time
-
-    stats = SolverStats(
-        solver=name,
-        iterations=it,
-        residual=best.res,
-        converged=best.res <= tol,
-        nfe=nfe,
-        wall_time=time.perf_counter() - timer_t0,
-        init_residual=init_res,
-        history=hist,
-        tol=tol,
-        mode=mode,
-    )
-    return best.y, stats
-
-
 @register_nonlinear("fixed_point")
 def fixed_point(g: Map, y0: torch.Tensor, *, tol: float = 1e-6, max_iter: int = 200, mode: str = "abs",
                 damping: float = 1.0) -> Tuple[torch.Tensor, SolverStats]:
@@ -65,8 +32,6 @@ def fixed_point(g: Map, y0: torch.Tensor, *, tol: float = 1e-6, max_iter: int = 
 
     Converges when θ·h·Lip(F) < 1 (Banach); beyond that it reports non-convergence.
     """
-    import time
-
     check_mode(mode)
     if not 0.0 < damping <= 1.0:
         raise ValueError(f"fixed_point damping must be in (0, 1], got {damping}")
@@ -74,21 +39,21 @@ def fixed_point(g: Map, y0: torch.Tensor, *, tol: float = 1e-6, max_iter: int = 
     y = y0
     gy = g(y)
     nfe = 1
-    _start(gy, "fixed_point")
-    res = _measure(gy - y, gy, mode)
+    check_initial(gy, "fixed_point")
+    res = residual_norm(gy - y, gy, mode)
     init_res = res.clone()
     best = BestIterate(y, res)
     hist = []
     it = 0
-    while it < max_iter and not _done(best, res, tol):
+    while it < max_iter and not all_done(best, res, tol):
         y = gy if damping == 1.0 else (1.0 - damping) * y + damping * gy
         gy = g(y)
         nfe += 1
         it += 1
-        res = _measure(gy - y, gy, mode)
+        res = residual_norm(gy - y, gy, mode)
         best.update(y, res)
         hist.append(float(res.max()))
-    return _finish("fixed_point", best, it, nfe, t0, init_res, hist, tol, mode)
+    return finish("fixed_point", best, it, nfe, t0, init_res, hist, tol, mode)
 
 
 @register_nonlinear("anderson")
@@ -101,8 +66,6 @@ def anderson(g: Map, y0: torch.Tensor, *, tol: float = 1e-6, max_iter: int = 100
     stays solvable when the G_i are (near) linearly dependent; a batch whose system is still singular
     falls back to the pseudo-inverse.
     """
-    import time
-
     check_mode(mode)
     if m < 1:
         raise ValueError(f"anderson memory m must be >= 1, got {m}")
@@ -114,8 +77,8 @@ def anderson(g: Map, y0: torch.Tensor, *, tol: float = 1e-6, max_iter: int = 100
     x0 = y0.reshape(B, n)
     f0 = g(y0).reshape(B, n)
     nfe = 1
-    _start(f0, "anderson")
-    res = _measure(f0 - x0, f0, mode)
+    check_initial(f0, "anderson")
+    res = residual_norm(f0 - x0, f0, mode)
     init_res = res.clone()
     best = BestIterate(x0, res)
     hist = []
@@ -154,19 +117,19 @@ def anderson(g: Map, y0: torch.Tensor, *, tol: float = 1e-6, max_iter: int = 100
         fk = g(xk.reshape(shape)).reshape(B, n)
         nfe += 1
         it += 1
-        res = _measure(fk - xk, fk, mode)
+        res = residual_norm(fk - xk, fk, mode)
         best.update(xk, res)
         hist.append(float(res.max()))
         X[:, k % m], F[:, k % m] = xk, fk
         k += 1
-        if _done(best, res, tol):
+        if all_done(best, res, tol):
             break
     return _finish_flat("anderson", best, shape, it, nfe, t0, init_res, hist, tol, mode)
 
 
 def _finish_flat(name, best, shape, *args):
     best.y = best.y.reshape(shape)
-    return _finish(name, best, *args)
+    return finish(name, best, *args)
 
 
 class _Converged(Exception):
@@ -181,8 +144,6 @@ def lbfgs(g: Map, y0: torch.Tensor, *, tol: float = 1e-6, max_iter: int = 200, m
     (the authors' choice, §2.2.1). Each evaluation is one F-forward plus one VJP w.r.t. y only; the
     map's parameters are never touched.
     """
-    import time
-
     check_mode(mode)
     ls = None if line_search in (None, "none") else line_search
     if ls not in (None, "strong_wolfe"):
@@ -190,14 +151,14 @@ def lbfgs(g: Map, y0: torch.Tensor, *, tol: float = 1e-6, max_iter: int = 200, m
     t0 = time.perf_counter()
     with torch.no_grad():
         gy = g(y0)
-    _start(gy, "lbfgs")
-    res = _measure(gy - y0, gy, mode)
+    check_initial(gy, "lbfgs")
+    res = residual_norm(gy - y0, gy, mode)
     init_res = res.clone()
     best = BestIterate(y0, res)
     hist = []
     state = {"nfe": 1}
     if bool((best.res <= tol).all()) or max_iter <= 0:
-        return _finish("lbfgs", best, 0, 1, t0, init_res, hist, tol, mode)
+        return finish("lbfgs", best, 0, 1, t0, init_res, hist, tol, mode)
     y = y0.detach().clone().requires_grad_(True)
     opt = torch.optim.LBFGS([y], lr=lr, max_iter=max_iter, max_eval=max_eval or max_iter * 5,
                             tolerance_grad=0.0, tolerance_change=0.0, history_size=history_size,
@@ -212,11 +173,11 @@ def lbfgs(g: Map, y0: torch.Tensor, *, tol: float = 1e-6, max_iter: int = 200, m
             (grad,) = torch.autograd.grad(loss, y)
         state["nfe"] += 1
         with torch.no_grad():
-            res = _measure(r.detach(), gy.detach(), mode)
+            res = residual_norm(r.detach(), gy.detach(), mode)
             best.update(y.detach(), res)
             hist.append(float(res.max()))
         y.grad = grad
-        if _done(best, res, tol):
+        if all_done(best, res, tol):
             raise _Converged
         return loss.detach()
 
@@ -226,7 +187,7 @@ def lbfgs(g: Map, y0: torch.Tensor, *, tol: float = 1e-6, max_iter: int = 200, m
         pass
     it = int(opt.state[opt._params[0]].get("n_iter", 0)) if opt.state else 0
     best.y = best.y.detach()
-    return _finish("lbfgs", best, it, state["nfe"], t0, init_res, hist, tol, mode)
+    return finish("lbfgs", best, it, state["nfe"], t0, init_res, hist, tol, mode)
 
 
 @register_nonlinear("newton_krylov")
@@ -237,8 +198,6 @@ def newton_krylov(g: Map, y0: torch.Tensor, *, tol: float = 1e-6, max_iter: int 
     Jacobian–vector products (``torch.func.jvp``, forward mode), then backtracks per sample until
     ‖r‖ decreases (Armijo on ‖r‖). Converges where Picard cannot (θ·h·Lip(F) > 1, stiff fields).
     """
-    import time
-
     from .linear import gmres
 
     check_mode(mode)
@@ -247,16 +206,16 @@ def newton_krylov(g: Map, y0: torch.Tensor, *, tol: float = 1e-6, max_iter: int 
     y = y0
     gy = g(y)
     nfe = 1
-    _start(gy, "newton_krylov")
+    check_initial(gy, "newton_krylov")
     r = y - gy
     rn = batch_norm(r)
-    res = _measure(r, gy, mode)
+    res = residual_norm(r, gy, mode)
     init_res = res.clone()
     best = BestIterate(y, res)
     hist = []
     it = 0
     view = (-1,) + (1,) * (y0.dim() - 1)
-    while it < max_iter and not _done(best, res, tol):
+    while it < max_iter and not all_done(best, res, tol):
         y_lin = y
 
         def J(v, y_lin=y_lin):
@@ -287,7 +246,7 @@ def newton_krylov(g: Map, y0: torch.Tensor, *, tol: float = 1e-6, max_iter: int 
         y, gy = y_new, gy_new
         r = y - gy
         rn = rn_new
-        res = _measure(r, gy, mode)
+        res = residual_norm(r, gy, mode)
         best.update(y, res)
         hist.append(float(res.max()))
-    return _finish("newton_krylov", best, it, nfe, t0, init_res, hist, tol, mode)
+    return finish("newton_krylov", best, it, nfe, t0, init_res, hist, tol, mode)

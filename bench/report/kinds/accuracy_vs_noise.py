@@ -17,7 +17,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from ...suite import get_path
+from ...suitefile import get_path
 from ..output import json_key, key_label, mean_std, fmt_num
 from ..references import check_reference, suite_reference
 from ..registry import register_report

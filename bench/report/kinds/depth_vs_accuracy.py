@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from ...suite import get_path
+from ...suitefile import get_path
 from ..output import hue_colors, key_label, mean_std
 from ..references import check_reference, suite_reference
 from ..registry import register_report

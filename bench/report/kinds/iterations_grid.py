@@ -12,7 +12,7 @@ import re
 
 import pandas as pd
 
-from ...suite import get_path
+from ...suitefile import get_path
 from ..output import fmt_num, key_label
 from ..references import check_reference, suite_reference
 from ..registry import register_report

@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from ...suite import get_path
+from ...suitefile import get_path
 from ..output import default_hue, key_label, mean_std, split_groups
 from ..registry import register_report
 from ._common import make_cells, mean_sd, split_by_default

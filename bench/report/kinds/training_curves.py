@@ -15,7 +15,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from ...suite import get_path
+from ...suitefile import get_path
 from ..output import default_hue, key_label, split_groups
 from ..references import check_reference, reference_path, suite_reference
 from ..registry import register_report
