@@ -29,6 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from irn_core.layers import constraint_projections
+from irn_core.registry import Registry
 
 from .metrics import split_name
 from .tasks.base import Task, aggregate
@@ -40,8 +41,17 @@ LAST_BATCH_LOSS = "last_batch_loss"  # the data loss of the epoch's last minibat
 
 PenaltyFn = Callable[[nn.Module, Tuple[torch.Tensor, torch.Tensor]], Tuple[torch.Tensor, Dict[str, float]]]
 
-OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
-              "rmsprop": torch.optim.RMSprop}
+def _torch_registry(kind: str, classes: Dict[str, type], positional: Tuple[str, ...]) -> Registry:
+    """Torch optimisers/schedulers by suite name; options: the constructor's named parameters but ``positional``."""
+    reg: Registry = Registry(kind)
+    for name, cls in classes.items():
+        reg.register(name, cls, options=[p for p in inspect.signature(cls).parameters
+                                         if p not in positional and p != "self"])
+    return reg
+
+
+OPTIMIZERS = _torch_registry("optimizer", {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
+                                           "sgd": torch.optim.SGD, "rmsprop": torch.optim.RMSprop}, ("params",))
 
 
 def set_seed(seed: int, deterministic: bool = True) -> None:
@@ -54,21 +64,12 @@ def set_seed(seed: int, deterministic: bool = True) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def _check(name: str, fn, opts: Dict[str, Any], skip=("params", "optimizer")) -> None:
-    valid = [p for p in inspect.signature(fn).parameters if p not in skip and p != "self"]
-    bad = sorted(set(opts) - set(valid))
-    if bad:
-        raise ValueError(f"unknown option(s) {', '.join(map(repr, bad))} for {name}; valid: {', '.join(valid)}")
-
-
 def make_optimizer(params, cfg: Dict[str, Any]) -> torch.optim.Optimizer:
     """``{name: adam|adamw|sgd|rmsprop, lr: ..., **kwargs}`` → torch optimizer."""
     cfg = dict(cfg)
     name = cfg.pop("name", None)
-    if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(sorted(OPTIMIZERS))}")
-    _check(f"optimizer {name!r}", OPTIMIZERS[name], cfg)
-    return OPTIMIZERS[name](params, **cfg)
+    OPTIMIZERS.check(name, cfg)
+    return OPTIMIZERS.get(name)(params, **cfg)
 
 
 @dataclass
@@ -95,13 +96,13 @@ class Scheduler:
             self.scheduler.step()
 
 
-SCHEDULERS = {
+SCHEDULERS = _torch_registry("scheduler", {
     "plateau": torch.optim.lr_scheduler.ReduceLROnPlateau,
     "step": torch.optim.lr_scheduler.StepLR,
     "multistep": torch.optim.lr_scheduler.MultiStepLR,
     "cosine": torch.optim.lr_scheduler.CosineAnnealingLR,
     "exponential": torch.optim.lr_scheduler.ExponentialLR,
-}
+}, ("optimizer",))
 
 
 def make_scheduler(opt: torch.optim.Optimizer, cfg: Optional[Dict[str, Any]]) -> Optional[Scheduler]:
@@ -115,8 +116,7 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: Optional[Dict[str, Any]]) ->
         return None
     cfg = dict(cfg)
     name = cfg.pop("name", None)
-    if name not in SCHEDULERS:
-        raise ValueError(f"unknown scheduler {name!r}; valid: {', '.join(sorted(SCHEDULERS))}")
+    SCHEDULERS.get(name)
     interval = cfg.pop("interval", "epoch")
     if interval not in ("epoch", "step"):
         raise ValueError(f"scheduler interval must be 'epoch' or 'step', got {interval!r}")
@@ -125,8 +125,8 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: Optional[Dict[str, Any]]) ->
         raise ValueError("the plateau scheduler steps per epoch (interval: epoch)")
     if monitor is not None and name != "plateau":
         raise ValueError("only the plateau scheduler takes a monitor")
-    _check(f"scheduler {name!r}", SCHEDULERS[name], cfg)
-    return Scheduler(SCHEDULERS[name](opt, **cfg), interval, monitor)
+    SCHEDULERS.check(name, cfg)
+    return Scheduler(SCHEDULERS.get(name)(opt, **cfg), interval, monitor)
 
 
 def make_loader(dataset: Dataset, batch_size, shuffle: bool, seed: int = 0, num_workers: int = 0,

@@ -158,8 +158,8 @@ def test_fit_is_deterministic_and_plateau_scheduler_runs():
     _, a = _train(task, cfg, tr)
     _, b = _train(task, cfg, tr)
     assert a == b
-    with pytest.raises(ValueError, match="unknown optimizer 'adamm'; valid: adam"):
+    with pytest.raises(ValueError, match="unknown optimizer 'adamm'; did you mean 'adam'\\? valid: adam"):
         make_optimizer([torch.nn.Parameter(torch.zeros(1))], {"name": "adamm"})
-    with pytest.raises(ValueError, match="unknown option.*'patiance'"):
+    with pytest.raises(ValueError, match="unknown option.*'patiance'.*did you mean 'patience'"):
         make_scheduler(make_optimizer([torch.nn.Parameter(torch.zeros(1))], {"name": "sgd", "lr": 0.1}),
                        {"name": "plateau", "patiance": 3})

@@ -15,12 +15,11 @@ solvers; it is the NEMON paper's "average iteration").
 """
 from __future__ import annotations
 
-import time
 from typing import Tuple
 
 import torch
 
-from .base import BestIterate, SolverStats, all_done, check_initial, check_mode, finish, residual_norm
+from .base import SolverStats, all_done, check_mode, finish, residual_norm, start
 from .nonlinear import Map, register_nonlinear
 
 __all__ = ["picard_average"]
@@ -36,14 +35,8 @@ def picard_average(g: Map, y0: torch.Tensor, *, tol: float = 1e-6, max_iter: int
         raise ValueError(f"picard_average alpha must be in (0, 1], got {alpha}")
     if shrink <= 1.0 or not 0.0 < ratio <= 1.0:
         raise ValueError(f"picard_average needs shrink > 1 and ratio in (0, 1], got shrink={shrink}, ratio={ratio}")
-    t0 = time.perf_counter()
-    y = y0
-    gy = g(y)
-    nfe = 1
-    check_initial(gy, "picard_average")
-    res = residual_norm(gy - y, gy, mode)
-    init_res = res.clone()
-    best = BestIterate(y, res)
+    t0, gy, res, best = start("picard_average", g, y0, mode)
+    y, nfe, init_res = y0, 1, res.clone()
     a = torch.full_like(res, float(alpha))
     view = (-1,) + (1,) * (y0.dim() - 1)
     hist = []

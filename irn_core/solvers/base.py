@@ -171,6 +171,16 @@ def check_initial(gy: torch.Tensor, name: str) -> None:
     check_finite(gy, f"{name}: the map evaluated at the initial guess")
 
 
+def start(name: str, g: Callable[[torch.Tensor], torch.Tensor], y0: torch.Tensor, mode: str):
+    """The setup every nonlinear solver shares: the clock, g(y₀) (finite, else SolverError), the per-sample residual
+    and the best-iterate record. Returns ``(t0, g(y0), residual, BestIterate)``."""
+    t0 = time.perf_counter()
+    gy = g(y0)
+    check_initial(gy, name)
+    res = residual_norm(gy - y0, gy, mode)
+    return t0, gy, res, BestIterate(y0, res)
+
+
 def all_done(best: "BestIterate", res: torch.Tensor, tol: float) -> bool:
     """Every sample has either met tol or blown up (non-finite residual: diverged, not converged)."""
     return bool(((best.res <= tol) | ~torch.isfinite(res)).all())

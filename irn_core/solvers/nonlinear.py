@@ -14,7 +14,7 @@ from typing import Callable, Tuple
 import torch
 
 from .base import (BestIterate, Registry, SolverStats, all_done, batch_norm, check_initial, check_mode, finish,
-                   prepare_forward_ad, residual_norm)
+                   prepare_forward_ad, residual_norm, start)
 
 __all__ = ["NONLINEAR_SOLVERS", "register_nonlinear", "get_nonlinear", "fixed_point", "anderson", "lbfgs", "newton_krylov"]
 
@@ -35,14 +35,8 @@ def fixed_point(g: Map, y0: torch.Tensor, *, tol: float = 1e-6, max_iter: int = 
     check_mode(mode)
     if not 0.0 < damping <= 1.0:
         raise ValueError(f"fixed_point damping must be in (0, 1], got {damping}")
-    t0 = time.perf_counter()
-    y = y0
-    gy = g(y)
-    nfe = 1
-    check_initial(gy, "fixed_point")
-    res = residual_norm(gy - y, gy, mode)
-    init_res = res.clone()
-    best = BestIterate(y, res)
+    t0, gy, res, best = start("fixed_point", g, y0, mode)
+    y, nfe, init_res = y0, 1, res.clone()
     hist = []
     it = 0
     while it < max_iter and not all_done(best, res, tol):
