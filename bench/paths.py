@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 __all__ = ["ENV_RESULTS", "ENV_DATA", "ENV_TRACKING", "SQLITE", "project_root", "results_dir", "data_root",
-           "reports_dir", "store_uri", "sqlite_path", "pinned", "no_space"]
+           "reports_dir", "store_uri", "sqlite_path", "pinned", "no_space", "StoreError"]
 
 ENV_RESULTS = "IRN_RESULTS"
 ENV_DATA = "IRN_DATA_ROOT"
@@ -57,9 +57,21 @@ def reports_dir(suite_name: str, out: Optional[str | Path] = None, suite: Option
     return Path(out) if out is not None else project_root(suite) / "reports" / suite_name
 
 
+class StoreError(RuntimeError):
+    """A tracking store that cannot be used as it is (a damaged file, a path SQLite would misread); the message
+    says which and what to do."""
+
+
 def store_uri(uri: Optional[str] = None, suite: Optional[str | Path] = None) -> str:
     """The MLflow tracking URI: ``uri``, else $IRN_TRACKING_URI, else SQLite at ``<results>/mlflow.db``."""
-    return uri or os.environ.get(ENV_TRACKING) or f"{SQLITE}{results_dir(suite) / 'mlflow.db'}"
+    chosen = uri or os.environ.get(ENV_TRACKING)
+    if chosen:
+        return chosen
+    db = results_dir(suite) / "mlflow.db"
+    if any(c in str(db) for c in "?#"):
+        raise StoreError(f"the results folder {db.parent} has a '?' or '#' in its path: SQLite would read the rest as "
+                         "URL parameters and write the store elsewhere; use a folder without them (IRN_RESULTS)")
+    return f"{SQLITE}{db}"
 
 
 def sqlite_path(uri: str) -> Optional[Path]:

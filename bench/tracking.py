@@ -10,6 +10,7 @@ cell (``irn.role=cell``) tagged with its spec hash ``irn.spec_hash`` — the cac
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import os
@@ -20,7 +21,7 @@ import time
 from typing import Any, Dict, List, Optional
 
 from .locks import exclusive
-from .paths import sqlite_path, store_uri
+from .paths import StoreError, sqlite_path, store_uri
 
 TAG_HASH = "irn.spec_hash"
 TAG_ROLE = "irn.role"
@@ -132,6 +133,9 @@ def _retry(fn):
     return wrapper
 
 
+_DAMAGED = ("file is not a database", "database disk image is malformed", "already exists", "no such table")
+
+
 class Tracker:
     """A thin, retrying wrapper over ``mlflow.MlflowClient`` with the project's run layout."""
 
@@ -148,8 +152,17 @@ class Tracker:
         self.uri = resolve_uri(uri)
         with _store_init_lock(self.uri):  # MLflow creates the tables on first contact: one process at a time
             _create_sqlite_atomically(self.uri)
-            self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
-            self.init_store()
+            try:
+                self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+                self.init_store()
+            except Exception as e:  # noqa: BLE001 - a damaged database: say so instead of SQLAlchemy's traceback
+                text = str(e).lower()
+                if sqlite_path(self.uri) is None or not any(k in text for k in _DAMAGED):
+                    raise
+                raise StoreError(f"the tracking store {sqlite_path(self.uri)} cannot be read "
+                                 f"({str(e).strip().splitlines()[0][:200]}): it is not an MLflow SQLite database or it "
+                                 "is damaged. Move it away (its runs cannot be read), or point --tracking-uri / "
+                                 "IRN_RESULTS at another store") from None
 
     # ---------------------------------------------------------------- store / experiments
     @_retry
@@ -316,8 +329,18 @@ def _store_init_lock(uri: str):
     if db is None:
         yield
         return
-    with exclusive(db.with_suffix(".init.lock")):
+    try:
+        lock = exclusive(db.with_suffix(".init.lock"))
+        lock.__enter__()
+    except OSError as e:
+        if not (db.exists() and e.errno in (errno.EROFS, errno.EACCES, errno.EPERM)):
+            raise
+        yield  # a read-only folder holding an existing store: nothing will be created, read it unlocked
+        return
+    try:
         yield
+    finally:
+        lock.__exit__(None, None, None)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -417,3 +417,32 @@ def test_a_worker_killed_by_sigkill_fails_its_own_cell_and_the_suite_goes_on(env
     assert len(others) == 2 and all("FINISHED" in final[lab] for lab in others), final
     dead = [c for c in runs(uri, "fast") if c.info.run_id == victim.info.run_id][0]
     assert dead.info.status == "FAILED" and dead.data.tags["irn.failure_reason"].startswith("worker died: signal 9")
+
+
+def test_damaged_read_only_and_misread_stores_get_one_clear_line(env, monkeypatch):
+    """Issue 19: a store that is not a database -> exit 2 naming it (was a raw SQLAlchemy traceback); a results folder
+    whose path SQLite would misread ('?') -> exit 2 before anything is written (was: the store went elsewhere); an
+    existing store in a read-only folder can still be listed (was: the init lock could not be created)."""
+    s = fast_suite(env, epochs=1, thetas="[0.0]")
+    bad = env / "bad"
+    bad.mkdir()
+    (bad / "mlflow.db").write_bytes(b"SQLite format 3\0" + b"\x07" * 4000)
+    for cmd in ("list", "run"):
+        r = cli(cmd, s, "--tracking-uri", f"sqlite:///{bad / 'mlflow.db'}")
+        assert r.exit_code == 2 and f"the tracking store {bad / 'mlflow.db'} cannot be read" in r.output, r.output
+        assert "Traceback" not in r.output
+    monkeypatch.setenv("IRN_RESULTS", str(env / "odd?name"))
+    r = cli("run", s, "--no-report")
+    assert r.exit_code == 2 and "'?' or '#'" in r.output and not (env / "odd").exists(), r.output
+    monkeypatch.setenv("IRN_RESULTS", str(env / "results"))
+    assert cli("run", s, "--no-report").exit_code == 0
+    import errno
+
+    import bench.tracking as T
+
+    def read_only(path):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(T, "exclusive", read_only)
+    r = cli("list", s)
+    assert r.exit_code == 0 and "finished" in r.output, r.output

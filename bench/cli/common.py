@@ -15,7 +15,7 @@ from .. import paths
 from ..suite import Suite, SuiteError
 
 __all__ = ["err", "out", "SetOpt", "OnlyOpt", "SeedsOpt", "UriOpt", "DeviceOpt", "load_or_exit", "check_data_or_exit",
-           "status_table", "check_executor", "resolve_device_or_exit", "write_guard"]
+           "status_table", "check_executor", "resolve_device_or_exit", "write_guard", "store_file"]
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
@@ -103,6 +103,14 @@ def status_table(title: str, rows, columns) -> Table:
     return t
 
 
+def store_file(tracking_uri: Optional[str]) -> Optional[Path]:
+    """The SQLite file of the store a command writes (for write_guard's messages); None if not SQLite or unusable."""
+    try:
+        return paths.sqlite_path(paths.store_uri(tracking_uri))
+    except paths.StoreError:
+        return None  # said by the command itself, inside the guard
+
+
 def _free(path: Path) -> str:
     for folder in (path.parent, *path.parent.parents):
         if folder.exists():
@@ -112,10 +120,14 @@ def _free(path: Path) -> str:
 
 @contextlib.contextmanager
 def write_guard(store: Optional[Path] = None, *files: Optional[Path]) -> Iterator[None]:
-    """Turn a write that failed for lack of space (store, journal, artifacts, report) into one clear line and exit 1.
+    """Turn a write that failed for lack of space (store, journal, artifacts, report) into one clear line and exit 1,
+    and an unusable store (:class:`bench.paths.StoreError`) into one line and exit 2.
     Named: the file the error carries, else ``store`` for a database error (SQLite), else the first of ``files``."""
     try:
         yield
+    except paths.StoreError as e:
+        err.print(f"error: {e}", markup=False)
+        raise typer.Exit(2) from None
     except Exception as e:  # noqa: BLE001 - only out-of-space errors are handled; the rest re-raised
         cause = paths.no_space(e)
         if cause is None:

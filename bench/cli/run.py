@@ -15,7 +15,7 @@ import typer
 from .. import paths
 from ..tracking import redact
 from .common import (DeviceOpt, OnlyOpt, SeedsOpt, SetOpt, UriOpt, check_data_or_exit, check_executor, err,
-                     load_or_exit, out, resolve_device_or_exit, status_table, write_guard)
+                     load_or_exit, out, resolve_device_or_exit, status_table, store_file, write_guard)
 
 __all__ = ["validate", "list_", "run", "ui"]
 
@@ -34,7 +34,7 @@ def list_(suite: Path = typer.Argument(..., help="Suite YAML file."), set_: List
     """The expanded run matrix with each run's status in the store (finished/failed/running/pending)."""
     from ..tracking import Tracker, missing_store
 
-    with paths.pinned(suite):
+    with paths.pinned(suite), write_guard():
         s = load_or_exit(suite, set_, only, seeds)
         gone = missing_store(tracking_uri)
         if gone:  # a read-only command never creates a store: say where it looked
@@ -63,7 +63,7 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file."),
         report: bool = typer.Option(True, "--report/--no-report", help="Render the suite's reports at the end.")):
     """Run every cell of a suite (cached cells are skipped), tracked in MLflow."""
     executor = check_executor(executor, jobs)
-    with paths.pinned(suite), write_guard(paths.sqlite_path(paths.store_uri(tracking_uri)), paths.results_dir()):
+    with paths.pinned(suite), write_guard(store_file(tracking_uri), paths.results_dir()):
         _run(suite, set_, only, seeds, device, jobs, executor, scheduler, threads, tracking_uri, force, dry_run, report)
 
 
@@ -186,7 +186,8 @@ def ui(tracking_uri: Optional[str] = UriOpt, port: int = typer.Option(5000, help
     """Start the MLflow UI on 127.0.0.1 against the same store."""
     from ..tracking import artifact_root, resolve_uri
 
-    uri = resolve_uri(tracking_uri)
+    with write_guard():
+        uri = resolve_uri(tracking_uri)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
     root = artifact_root(uri)
     if root:

@@ -11,7 +11,7 @@ import typer
 from .. import paths
 from ..tracking import redact
 from .common import (DeviceOpt, OnlyOpt, SeedsOpt, SetOpt, UriOpt, check_executor, err, load_or_exit, out,
-                     resolve_device_or_exit, status_table, write_guard)
+                     resolve_device_or_exit, status_table, store_file, write_guard)
 
 __all__ = ["search"]
 
@@ -56,7 +56,7 @@ def search(suite: Path = typer.Argument(..., help="Suite YAML file with a search
         from ..search.storage import default_storage, is_rdb, journal_path
 
         url = storage or default_storage()
-        with write_guard(paths.sqlite_path(paths.store_uri(tracking_uri)),
+        with write_guard(store_file(tracking_uri),
                          None if is_rdb(url) else Path(journal_path(url)), paths.results_dir()):
             code = _search(suite, url, study, n_trials, timeout, jobs, ex, scheduler, device, set_, only, seeds,
                            tracking_uri, export, export_only, figures, dry_run, quiet, repair_storage)
