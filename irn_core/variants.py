@@ -39,7 +39,7 @@ from .solvers.linear import LINEAR_SOLVERS
 from .solvers.nonlinear import NONLINEAR_SOLVERS
 
 __all__ = [
-    "ResNetDField", "ResNetSField", "ResNetDLayer", "ResNetSLayer", "project_nonnegative",
+    "ResNetDField", "ResNetSField", "ResNetDLayer", "ResNetSLayer", "ResNetDPooling", "ResNetSPooling", "project_nonnegative",
     "resnet_d_block", "resnet_s_block", "NEMONLayer", "nemon_lipschitz_bound", "KINDS",
 ]
 
@@ -68,15 +68,16 @@ class ResNetDField(nn.Module):
     """
 
     def __init__(self, channels: int, kind: str = "conv", hidden: Optional[int] = None, kernel_size: int = 3,
-                 activation: str = "relu", padding_mode: str = "circular"):
+                 activation: str = "relu", padding_mode: str = "circular", bias: bool = True):
         super().__init__()
         self.kind = _check_kind(kind)
         hidden = int(hidden or channels)
-        self.A1 = _linear_op(kind, channels, hidden, kernel_size, True, padding_mode)
+        self.A1 = _linear_op(kind, channels, hidden, kernel_size, bias, padding_mode)
         self.A2 = _linear_op(kind, hidden, channels, kernel_size, False, padding_mode)
         self.act = make_activation(activation)
         with torch.no_grad():
-            nn.init.zeros_(self.A1.bias)
+            if bias:
+                nn.init.zeros_(self.A1.bias)
             self.A2.weight.abs_()
 
     def hidden(self, x: torch.Tensor) -> torch.Tensor:
@@ -100,14 +101,15 @@ class ResNetSField(nn.Module):
     """
 
     def __init__(self, channels: int, kind: str = "conv", hidden: Optional[int] = None, kernel_size: int = 3,
-                 activation: str = "relu", padding_mode: str = "circular"):
+                 activation: str = "relu", padding_mode: str = "circular", bias: bool = True):
         super().__init__()
         self.kind = _check_kind(kind)
         hidden = int(hidden or channels)
-        self.A = _linear_op(kind, channels, hidden, kernel_size, True, padding_mode)
+        self.A = _linear_op(kind, channels, hidden, kernel_size, bias, padding_mode)
         self.act = make_activation(activation)
         with torch.no_grad():
-            nn.init.zeros_(self.A.bias)
+            if bias:
+                nn.init.zeros_(self.A.bias)
 
     def adjoint(self, z: torch.Tensor, x_shape) -> torch.Tensor:
         """Aᵀz (no bias)."""
@@ -125,38 +127,40 @@ class ResNetSField(nn.Module):
 class ResNetDLayer(nn.Module):
     """Explicit post-activation ResNet-D layer x ↦ σ(x − A₂σ(A₁x + b₁) + b₂) (eq 4.1).
 
-    ``batch_norm=True``: BN after A₁ (affine) and after A₂ (γ = 1, β = 0 fixed, as the paper, so it
-    does not flip the sign of the A₂ term).
+    ``batch_norm=True`` (the paper's network, SPEC §4): A₁ → BN (trainable: its β is b₁) → ReLU → A₂ → BN with
+    γ = 1, β = 0 fixed (so it cannot flip the sign of the A₂ term) → x − (·) → ReLU; no other biases:
+    18w² + 2w parameters. Without batch norm: the biases b₁ (in A₁) and b₂.
     """
 
     def __init__(self, channels: int, kind: str = "conv", hidden: Optional[int] = None, kernel_size: int = 3,
                  batch_norm: bool = False, padding_mode: str = "circular"):
         super().__init__()
-        self.field = ResNetDField(channels, kind, hidden, kernel_size, "relu", padding_mode)
+        self.field = ResNetDField(channels, kind, hidden, kernel_size, "relu", padding_mode, bias=not batch_norm)
         hidden = int(hidden or channels)
         bn = nn.BatchNorm2d if kind == "conv" else nn.BatchNorm1d
         self.bn1 = bn(hidden) if batch_norm else nn.Identity()
         self.bn2 = bn(channels, affine=False) if batch_norm else nn.Identity()
         shape = (channels, 1, 1) if kind == "conv" else (channels,)
-        self.b2 = nn.Parameter(torch.zeros(shape))
+        self.b2 = None if batch_norm else nn.Parameter(torch.zeros(shape))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.field
         z = f.act(self.bn1(f.A1(x)))
-        return F.relu(x - self.bn2(f.A2(z)) + self.b2)
+        y = x - self.bn2(f.A2(z))
+        return F.relu(y if self.b2 is None else y + self.b2)
 
 
 class ResNetSLayer(nn.Module):
     """Explicit post-activation ResNet-S layer x ↦ σ(x − Aᵀσ(Ax + b)) (eq 4.2).
 
-    Non-expansive when ‖A‖₂² ≤ 2 (without batch norm). ``batch_norm=True``: BN after A (affine) and
-    after Aᵀ (γ = 1, β = 0 fixed).
+    Non-expansive when ‖A‖₂² ≤ 2 (without batch norm). ``batch_norm=True`` (SPEC §4): A → BN (trainable: its β
+    is b) → ReLU → Aᵀ → BN fixed (γ = 1, β = 0) → x − (·) → ReLU, no conv bias: 9w² + 2w parameters.
     """
 
     def __init__(self, channels: int, kind: str = "conv", hidden: Optional[int] = None, kernel_size: int = 3,
                  batch_norm: bool = False, padding_mode: str = "circular"):
         super().__init__()
-        self.field = ResNetSField(channels, kind, hidden, kernel_size, "relu", padding_mode)
+        self.field = ResNetSField(channels, kind, hidden, kernel_size, "relu", padding_mode, bias=not batch_norm)
         hidden = int(hidden or channels)
         bn = nn.BatchNorm2d if kind == "conv" else nn.BatchNorm1d
         self.bn1 = bn(hidden) if batch_norm else nn.Identity()
@@ -168,12 +172,49 @@ class ResNetSLayer(nn.Module):
         return F.relu(x - self.bn2(f.adjoint(z, x.shape)))
 
 
+class ResNetSPooling(nn.Module):
+    """The 2D pooling layer of ResNet-S (eq 4.4): x ↦ σ(E·P(x) − BN(A ∗₂ x)), P = 2×2 average pooling (stride 2),
+    E = zero channel padding c → 2c (no parameters), A = ONE learnable 3×3 stride-2 filter c → 2c (periodic
+    padding); BN trainable (its β is the bias b). Without batch norm, A carries the bias b (θ-form networks)."""
+
+    def __init__(self, channels: int, batch_norm: bool = True, padding_mode: str = "circular",
+                 affine: bool = True):
+        super().__init__()
+        c = int(channels)
+        self.A = nn.Conv2d(c, 2 * c, 3, stride=2, padding=1, padding_mode=padding_mode, bias=not batch_norm)
+        self.bn = nn.BatchNorm2d(2 * c, affine=affine) if batch_norm else nn.Identity()
+        self.channels = c
+        if not batch_norm:
+            with torch.no_grad():
+                nn.init.zeros_(self.A.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = F.pad(F.avg_pool2d(x, 2), (0, 0, 0, 0, 0, self.channels))
+        return F.relu(shortcut - self.bn(self.A(x)))
+
+
+class ResNetDPooling(ResNetSPooling):
+    """The 2D pooling layer of ResNet-D: as :class:`ResNetSPooling` with A ≥ 0 (initialised non-negative, kept so by
+    :meth:`project_`) and BN fixed (γ = 1, β = 0) — 9·c·2c parameters."""
+
+    def __init__(self, channels: int, batch_norm: bool = True, padding_mode: str = "circular"):
+        super().__init__(channels, batch_norm, padding_mode, affine=False)
+        with torch.no_grad():
+            self.A.weight.abs_()
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        """A ← max(A, 0)."""
+        self.A.weight.clamp_(min=0.0)
+
+
 @torch.no_grad()
 def project_nonnegative(model: nn.Module) -> int:
-    """Apply every ResNet-D projection (A₂ ≥ 0) in ``model``; call after each optimiser step. Returns the count."""
+    """Apply every ResNet-D projection (A₂ ≥ 0, pooling A ≥ 0) in ``model``; call after each optimiser step. Returns
+    the count."""
     n = 0
     for m in model.modules():
-        if isinstance(m, ResNetDField):
+        if isinstance(m, (ResNetDField, ResNetDPooling)):
             m.project_()
             n += 1
     return n

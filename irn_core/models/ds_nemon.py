@@ -1,18 +1,22 @@
 """``resnet_ds`` (ResNet-D / ResNet-S CIFAR networks, SPEC §4) and ``nemon`` (SPEC §5) built on
 :mod:`irn_core.variants`.
 
-resnet_ds: 3×3 conv stem (periodic padding) to ``channels`` c, BN, ReLU → n residual layers → 2D
-pooling (average pool 2×2 + zero channel padding: half the resolution, double the channels) → n
-layers → pooling → n layers → global average pool → linear. ``form``:
+resnet_ds (SPEC §4, reproduces every entry of Zhang & Schaeffer's Table 5.2): 3×3 conv stem (no bias, periodic
+padding) to ``channels`` c, BN, ReLU → **n** residual layers (c) → 2D pooling layer → **n − 1** layers (2c) → 2D
+pooling layer → **n − 1** layers (4c) → global average pool → linear **without bias**. The 2D pooling layer (eq 4.4)
+is the average-pool + zero-channel-pad shortcut plus one learnable 3×3 stride-2 filter (ResNet-D: A ≥ 0 and its BN
+fixed; ResNet-S: BN trainable). Initialisation: stem variance-scaling uniform, residual and pooling filters He
+normal, FC truncated normal σ = 0.02 (*inferred*: lost in the paper), biases 0, BN γ = 1, β = 0. ``form``:
 
 - ``post_activation`` (the paper): explicit ResNetDLayer / ResNetSLayer x ↦ σ(x ∓ …) with batch norm;
   ``layer.theta`` must be absent or 0 (use form: theta for θ-methods).
-- ``theta``: each stage is one ImplicitBlock of n θ-steps, one field F_D = −A₂σ(A₁x + b₁) or
-  F_S = −Aᵀσ(Ax + b) per step (no outer σ, no batch norm: see irn_core.variants), step ``h``.
+- ``theta``: each stage is one ImplicitBlock of n (then n − 1, n − 1) θ-steps, one field F_D = −A₂σ(A₁x + b₁) or
+  F_S = −Aᵀσ(Ax + b) per step (no outer σ, no batch norm: see irn_core.variants), step ``h``; the same explicit
+  pooling layers (the ablation the paper does not have).
 
-Depth as the paper counts it (distinct filters): ResNet-D n = 3, 6, 9, 12 ↔ depth 18, 36, 54, 72;
-ResNet-S n = 3, 6, 9, 12 ↔ depth 11, 20, 29, 38. ResNet-D's A₂ ≥ 0 needs
-:func:`irn_core.variants.project_nonnegative` after every optimiser step (bench.train does it).
+Depth as the paper counts it (distinct filters and weights): ResNet-D 6n (n = 3, 6, 9, 12 ↔ 18, 36, 54, 72),
+ResNet-S 3n + 2 (↔ 11, 20, 29, 38). ResNet-D's A₂ ≥ 0 and pooling A ≥ 0 are kept by their ``project_()`` after
+every optimiser step (bench.train calls every such hook).
 
 nemon: x = σ(Ax + Bu + b), logits = Cx + c with A ℓ∞-parameterised (μ∞ ≤ m). ``kind: dense``: u is the
 flattened image; ``kind: conv``: u = avgpool(ReLU(conv3×3(image))) flattened (a convolutional input
@@ -22,24 +26,13 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional, Sequence
 
-import torch.nn.functional as F
+import torch
 from torch import nn
 
 from .. import variants
 from .common import make_normalize, split_layer
 
-__all__ = ["resnet_ds", "nemon", "PoolPad"]
-
-
-class PoolPad(nn.Module):
-    """The 2D pooling layer: average pool 2×2 and zero-pad the channels c → 2c."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.channels = int(channels)
-
-    def forward(self, x):
-        return F.pad(F.avg_pool2d(x, 2), (0, 0, 0, 0, 0, self.channels))
+__all__ = ["resnet_ds", "nemon", "stage_sizes"]
 
 
 class _Net(nn.Module):
@@ -61,7 +54,7 @@ def resnet_ds(layer: Optional[Dict[str, Any]] = None, variant: str = "D", n: int
               normalize: Optional[Dict[str, Sequence[float]]] = None) -> nn.Module:
     """ResNet-D/-S (Zhang & Schaeffer). Options: ``layer``; ``variant`` D | S; ``n`` layers per stage;
     ``channels`` c of the first stage (16); ``in_channels``; ``num_classes``; ``form``
-    post_activation | theta; ``h`` θ-step size; ``batch_norm`` (post_activation form);
+    post_activation | theta; ``h`` θ-step size; ``batch_norm`` (of the post-activation and pooling layers);
     ``padding_mode`` circular (periodic, the paper) | zeros; ``normalize`` {mean, std}."""
     kw, field_cfg = split_layer(layer)
     if variant not in VARIANTS:
@@ -73,29 +66,59 @@ def resnet_ds(layer: Optional[Dict[str, Any]] = None, variant: str = "D", n: int
     n, c = int(n), int(channels)
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
+    if form == "post_activation":
+        if kw.get("theta", 0.0) != 0.0:
+            raise ValueError("form post_activation is the explicit paper network; set form: theta for θ > 0")
+        extra = sorted(set(kw) - {"theta"})
+        if extra:
+            raise ValueError(f"layer option(s) {', '.join(extra)} need form: theta")
     stem = nn.Sequential(nn.Conv2d(in_channels, c, 3, padding=1, padding_mode=padding_mode, bias=False),
                          nn.BatchNorm2d(c), nn.ReLU())
+    pool_cls = variants.ResNetDPooling if variant == "D" else variants.ResNetSPooling
     body = []
-    for s in range(3):
-        if s > 0:
-            body.append(PoolPad(c))
+    for s_, layers in enumerate(stage_sizes(n)):
+        if s_ > 0:
+            body.append(pool_cls(c, batch_norm=batch_norm, padding_mode=padding_mode))
             c *= 2
+        if layers == 0:
+            continue
         if form == "post_activation":
-            if kw.get("theta", 0.0) != 0.0:
-                raise ValueError("form post_activation is the explicit paper network; set form: theta for θ > 0")
-            extra = sorted(set(kw) - {"theta"})
-            if extra:
-                raise ValueError(f"layer option(s) {', '.join(extra)} need form: theta")
             cls = variants.ResNetDLayer if variant == "D" else variants.ResNetSLayer
-            body.extend(cls(c, kind="conv", batch_norm=batch_norm, padding_mode=padding_mode) for _ in range(n))
+            body.extend(cls(c, kind="conv", batch_norm=batch_norm, padding_mode=padding_mode) for _ in range(layers))
         else:
             make = variants.resnet_d_block if variant == "D" else variants.resnet_s_block
             lk = dict(kw)
             theta = lk.pop("theta", 0.0)
-            body.append(make(c, steps=n, theta=theta, h=h, shared=False, kind="conv",
+            body.append(make(c, steps=layers, theta=theta, h=h, shared=False, kind="conv",
                              padding_mode=padding_mode, **lk))
-    head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, num_classes))
-    return _Net(make_normalize(normalize), stem, nn.Sequential(*body), head)
+    head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, num_classes, bias=False))
+    net = _Net(make_normalize(normalize), stem, nn.Sequential(*body), head)
+    _paper_init(net)
+    return net
+
+
+def stage_sizes(n: int) -> tuple:
+    """Residual layers per stage: n, n − 1, n − 1 (SPEC §4; the pooling layers count as depth)."""
+    return (n, n - 1, n - 1)
+
+
+@torch.no_grad()
+def _paper_init(net: nn.Module) -> None:
+    """Stem: variance-scaling uniform; residual and pooling filters: He normal (the constrained ones made
+    non-negative); FC: truncated normal σ = 0.02 (*inferred*); biases 0 (BN: γ = 1, β = 0 by construction)."""
+    stem_conv = net.stem[0]
+    nn.init.kaiming_uniform_(stem_conv.weight, nonlinearity="relu")
+    for m in net.body.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    for m in net.body.modules():
+        if isinstance(m, variants.ResNetDField):
+            m.A2.weight.abs_()
+        elif isinstance(m, variants.ResNetDPooling):
+            m.A.weight.abs_()
+    nn.init.trunc_normal_(net.head[2].weight, std=0.02, a=-0.04, b=0.04)
 
 
 KINDS = ("dense", "conv")
