@@ -444,6 +444,7 @@ def resolve_cell(cell_cfg: Dict[str, Any], validate_registries: bool = True) -> 
         "evaluate": copy.deepcopy(cell_cfg.get("evaluate") or {}),
     }
     _canonical_layer(resolved["model"])
+    _canonical_numbers(resolved)
     errors.extend(_value_errors(resolved))
     # strict sections
     for key, model in (("model", ModelCfg), ("train", TrainCfg), ("evaluate", EvaluateCfg)):
@@ -460,6 +461,20 @@ def resolve_cell(cell_cfg: Dict[str, Any], validate_registries: bool = True) -> 
     errors.extend(registries.check_regularizers(resolved["regularizers"]))
     errors.extend(registries.check_corruptions(resolved["evaluate"].get("corruptions", {})))
     return resolved, errors or None
+
+
+_FLOAT_PATHS = ("model.layer.theta", "model.layer.solver.tol", "model.layer.backward.tol", "train.optimizer.lr",
+                "model.h")
+
+
+def _canonical_numbers(resolved: Dict[str, Any]) -> None:
+    """Real-valued options written as integers become floats (``theta: 1`` is ``theta: 1.0``), so that the same run
+    has one identity however it was written (booleans are left for the value checks to refuse)."""
+    paths = list(_FLOAT_PATHS) + [f"regularizers.{k}.weight" for k in (resolved.get("regularizers") or {})]
+    for path in paths:
+        v = get_path(resolved, path, None)
+        if isinstance(v, int) and not isinstance(v, bool):
+            set_path(resolved, path, float(v))
 
 
 def _canonical_layer(model: Dict[str, Any]) -> None:

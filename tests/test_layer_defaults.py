@@ -66,3 +66,18 @@ HASHES = {
 def test_spec_hashes_are_stable(suite):
     got = [(sp.label, sp.hash) for sp in load_suite(ROOT / suite, validate_registries=False).specs[:2]]
     assert got == HASHES[suite]
+
+
+def test_integers_for_real_options_do_not_change_a_runs_identity(tmp_path):
+    """theta: 1 and theta: 1.0 (and lr, weights, tol) are the same run: one hash, cached once (issue 19)."""
+    def spec(theta, lr, w, tol):
+        p = tmp_path / "s.yaml"
+        p.write_text(f"name: s\ntask: {{name: ex1_sine}}\nmodel: {{layer: {{theta: {theta}, solver: {{name: anderson, "
+                     f"tol: {tol}}}}}}}\ntrain: {{optimizer: {{name: sgd, lr: {lr}}}}}\n"
+                     f"regularizers: {{divergence: {{weight: {w}}}}}\nseeds: [0]\n")
+        return load_suite(p).specs[0]
+
+    a, b = spec("1", "1", "0", "1"), spec("1.0", "1.0", "0.0", "1.0")
+    assert a.hash == b.hash and a.config["model"]["layer"]["theta"] == 1.0
+    assert isinstance(a.config["train"]["optimizer"]["lr"], float)
+    assert spec("0.5", "1", "0", "1").hash != a.hash
