@@ -30,7 +30,7 @@ from torch import nn
 
 __all__ = [
     "SpectralNorm", "spectral_normalize", "update_normalization", "normalization_scope", "frozen_normalization",
-    "power_iteration", "conv2d_adjoint", "EigenRangeField", "check_eig_range",
+    "power_iteration", "conv2d_adjoint", "circular_conv_norm", "EigenRangeField", "check_eig_range",
     "EigenGates", "GatedEigenRangeField", "eig_limits_from_stability",
 ]
 
@@ -143,6 +143,13 @@ def conv2d_adjoint(y: torch.Tensor, conv: nn.Conv2d, weight: torch.Tensor, input
         out = conv._conv_forward(x, weight, None)
         (g,) = torch.autograd.grad(out, x, y, create_graph=torch.is_grad_enabled() and weight.requires_grad)
     return g
+
+
+def circular_conv_norm(weight: torch.Tensor, size: int = 32) -> torch.Tensor:
+    """‖A‖₂ of a 3×3 convolution with periodic padding on a ``size``×``size`` grid, exactly: the largest singular value
+    over the DFT frequencies of the c_out×c_in kernel matrices (Sedghi, Gupta & Long 2019)."""
+    k = torch.fft.fft2(weight, s=(size, size))  # (c_out, c_in, size, size)
+    return torch.linalg.matrix_norm(k.permute(2, 3, 0, 1), ord=2).max()
 
 
 def _normalize(v: torch.Tensor, eps: float) -> torch.Tensor:

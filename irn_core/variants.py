@@ -33,7 +33,7 @@ from .autograd import ImplicitStep, StepProblem
 from .fields import make_activation
 from .layers import DEFAULT_BACKWARD, ImplicitBlock, ImplicitLayer, ThetaLayer
 from .linf import LInfParam, linf_log_norm
-from .normalization import conv2d_adjoint
+from .normalization import circular_conv_norm, conv2d_adjoint
 from .solvers.base import SolverError, SolverStats
 from .solvers.linear import LINEAR_SOLVERS
 from .solvers.nonlinear import NONLINEAR_SOLVERS
@@ -68,9 +68,11 @@ class ResNetDField(nn.Module):
     """
 
     def __init__(self, channels: int, kind: str = "conv", hidden: Optional[int] = None, kernel_size: int = 3,
-                 activation: str = "relu", padding_mode: str = "circular", bias: bool = True):
+                 activation: str = "relu", padding_mode: str = "circular", bias: bool = True,
+                 lipschitz: Optional[float] = None):
         super().__init__()
         self.kind = _check_kind(kind)
+        self.lipschitz = _check_lipschitz(lipschitz, kind, padding_mode)
         hidden = int(hidden or channels)
         self.A1 = _linear_op(kind, channels, hidden, kernel_size, bias, padding_mode)
         self.A2 = _linear_op(kind, hidden, channels, kernel_size, False, padding_mode)
@@ -88,8 +90,17 @@ class ResNetDField(nn.Module):
 
     @torch.no_grad()
     def project_(self) -> None:
-        """A₂ ← max(A₂, 0) (projection onto the constraint set of ResNet-D)."""
+        """A₂ ← max(A₂, 0) (the constraint of ResNet-D); with ``lipschitz``: each filter's ‖A‖₂ ≤ √lipschitz."""
         self.A2.weight.clamp_(min=0.0)
+        if self.lipschitz is not None:
+            _clip_norm_(self.A1.weight, self.lipschitz ** 0.5)
+            _clip_norm_(self.A2.weight, self.lipschitz ** 0.5)
+
+    @torch.no_grad()
+    def scale_to_lipschitz_(self) -> None:
+        """A₁, A₂ ← A / ‖A‖₂ · √lipschitz (at initialisation): Lip(F_D) ≤ ‖A₂‖‖A₁‖ = lipschitz."""
+        for w in (self.A1.weight, self.A2.weight):
+            w.mul_(self.lipschitz ** 0.5 / circular_conv_norm(w))
 
 
 class ResNetSField(nn.Module):
@@ -101,9 +112,11 @@ class ResNetSField(nn.Module):
     """
 
     def __init__(self, channels: int, kind: str = "conv", hidden: Optional[int] = None, kernel_size: int = 3,
-                 activation: str = "relu", padding_mode: str = "circular", bias: bool = True):
+                 activation: str = "relu", padding_mode: str = "circular", bias: bool = True,
+                 lipschitz: Optional[float] = None):
         super().__init__()
         self.kind = _check_kind(kind)
+        self.lipschitz = _check_lipschitz(lipschitz, kind, padding_mode)
         hidden = int(hidden or channels)
         self.A = _linear_op(kind, channels, hidden, kernel_size, bias, padding_mode)
         self.act = make_activation(activation)
@@ -122,6 +135,34 @@ class ResNetSField(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return -self.adjoint(self.hidden(x), x.shape)
+
+    @torch.no_grad()
+    def scale_to_lipschitz_(self) -> None:
+        """A ← A / ‖A‖₂ · √lipschitz (at initialisation): Lip(F_S) ≤ ‖A‖² = lipschitz (< 2: non-expansive)."""
+        self.A.weight.mul_(self.lipschitz ** 0.5 / circular_conv_norm(self.A.weight))
+
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        """With ``lipschitz``: ‖A‖₂ ≤ √lipschitz after each optimiser step (nothing otherwise)."""
+        if self.lipschitz is not None:
+            _clip_norm_(self.A.weight, self.lipschitz ** 0.5)
+
+
+def _check_lipschitz(lipschitz: Optional[float], kind: str, padding_mode: str) -> Optional[float]:
+    if lipschitz is None:
+        return None
+    if kind != "conv" or padding_mode != "circular" or not lipschitz > 0:
+        raise ValueError("lipschitz needs a periodic-padding conv field and a value > 0 "
+                         f"(got kind={kind!r}, padding_mode={padding_mode!r}, lipschitz={lipschitz!r})")
+    return float(lipschitz)
+
+
+@torch.no_grad()
+def _clip_norm_(weight: torch.Tensor, bound: float) -> None:
+    """weight ← weight / max(1, ‖A‖₂ / bound), ‖A‖₂ of the periodic convolution (exact)."""
+    norm = circular_conv_norm(weight)
+    weight.div_(torch.clamp(norm / bound, min=1.0))
 
 
 class ResNetDLayer(nn.Module):
@@ -230,21 +271,21 @@ def _block(field_cls, channels: int, steps: int, theta: float, h: Optional[float
 
 def resnet_d_block(channels: int, steps: int = 1, theta: float = 0.5, h: Optional[float] = None, shared: bool = False,
                    kind: str = "conv", hidden: Optional[int] = None, kernel_size: int = 3,
-                   padding_mode: str = "circular", **layer_kw):
+                   padding_mode: str = "circular", lipschitz: Optional[float] = None, **layer_kw):
     """θ-method ResNet-D: ImplicitBlock (or ThetaLayer for one shared step) with field F_D = −A₂σ(A₁x + b₁).
 
     ``shared=False``: one field per step (one γ_t per layer, as the paper's depth); ``layer_kw`` go to
     the layer (phi, solver, backward, …).
     """
-    kw = dict(kind=kind, hidden=hidden, kernel_size=kernel_size, padding_mode=padding_mode)
+    kw = dict(kind=kind, hidden=hidden, kernel_size=kernel_size, padding_mode=padding_mode, lipschitz=lipschitz)
     return _block(ResNetDField, channels, steps, theta, h, shared, kw, layer_kw)
 
 
 def resnet_s_block(channels: int, steps: int = 1, theta: float = 0.5, h: Optional[float] = None, shared: bool = False,
                    kind: str = "conv", hidden: Optional[int] = None, kernel_size: int = 3,
-                   padding_mode: str = "circular", **layer_kw):
+                   padding_mode: str = "circular", lipschitz: Optional[float] = None, **layer_kw):
     """θ-method ResNet-S with field F_S = −Aᵀσ(Ax + b) (see :func:`resnet_d_block`)."""
-    kw = dict(kind=kind, hidden=hidden, kernel_size=kernel_size, padding_mode=padding_mode)
+    kw = dict(kind=kind, hidden=hidden, kernel_size=kernel_size, padding_mode=padding_mode, lipschitz=lipschitz)
     return _block(ResNetSField, channels, steps, theta, h, shared, kw, layer_kw)
 
 

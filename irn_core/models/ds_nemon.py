@@ -12,7 +12,11 @@ normal, FC truncated normal σ = 0.02 (*inferred*: lost in the paper), biases 0,
   ``layer.theta`` must be absent or 0 (use form: theta for θ-methods).
 - ``theta``: each stage is one ImplicitBlock of n (then n − 1, n − 1) θ-steps, one field F_D = −A₂σ(A₁x + b₁) or
   F_S = −Aᵀσ(Ax + b) per step (no outer σ, no batch norm: see irn_core.variants), step ``h``; the same explicit
-  pooling layers (the ablation the paper does not have).
+  pooling layers (the ablation the paper does not have). With no batch norm to set their scale, every filter of
+  a field is kept at ‖A‖₂ ≤ 1 (exact for periodic padding; set at initialisation, projected after each optimiser
+  step), so Lip(F) ≤ 1 (*inferred*: the paper has no θ-form). Without it, He-initialised filters give Lip(F) ≫ 1
+  (ResNet-D's non-negative A₂ sums 9c positive weights) and at θ = 1 the first forward neither converges nor
+  stays bounded (activations 600 → 7·10³ → 1·10⁵ over the stages, 50 Anderson iterations each).
 
 Depth as the paper counts it (distinct filters and weights): ResNet-D 6n (n = 3, 6, 9, 12 ↔ 18, 36, 54, 72),
 ResNet-S 3n + 2 (↔ 11, 20, 29, 38). ResNet-D's A₂ ≥ 0 and pooling A ≥ 0 are kept by their ``project_()`` after
@@ -90,7 +94,7 @@ def resnet_ds(layer: Optional[Dict[str, Any]] = None, variant: str = "D", n: int
             lk = dict(kw)
             theta = lk.pop("theta", 0.0)
             body.append(make(c, steps=layers, theta=theta, h=h, shared=False, kind="conv",
-                             padding_mode=padding_mode, **lk))
+                             padding_mode=padding_mode, lipschitz=1.0 if padding_mode == "circular" else None, **lk))
     head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, num_classes, bias=False))
     net = _Net(make_normalize(normalize), stem, nn.Sequential(*body), head)
     _paper_init(net)
@@ -118,6 +122,8 @@ def _paper_init(net: nn.Module) -> None:
             m.A2.weight.abs_()
         elif isinstance(m, variants.ResNetDPooling):
             m.A.weight.abs_()
+        if isinstance(m, (variants.ResNetDField, variants.ResNetSField)) and m.lipschitz is not None:
+            m.scale_to_lipschitz_()
     nn.init.trunc_normal_(net.head[2].weight, std=0.02, a=-0.04, b=0.04)
 
 
