@@ -5,6 +5,7 @@ A run logs (MLflow metric keys; ``<m>`` is one of :meth:`bench.tasks.base.Task.m
     per epoch   train/<m>  train/objective  train/steps  train/time  train/penalty/<name>  val/<m>  lr
                 time/epoch_s  solver/<layer>/<fwd|bwd>_<iters|residual|nfe|unconverged>
     at the end  final/<split>/<m>   corruption/<name>/<severity>/<m>
+    with evaluate.periodic: periodic/<split>/<m> (step = optimiser step), window/<split>/<m> (at the end)
 
 ``solver/*/<stat>`` (search objectives) reads the sum over layers.
 """
@@ -16,7 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
-__all__ = ["SOLVER_STATS", "split_name", "final_name", "corruption_name", "solver_name", "parse_corruption",
+__all__ = ["SOLVER_STATS", "split_name", "final_name", "periodic_name", "window_name", "corruption_name", "solver_name", "parse_corruption",
            "mlflow_name", "MetricCatalog", "metric_catalog", "metric_value"]
 
 SOLVER_STATS = ("iters", "residual", "nfe", "unconverged")
@@ -31,6 +32,16 @@ def split_name(split: str, metric: str) -> str:
 def final_name(split: str, metric: str) -> str:
     """``final/test/mse``: the evaluation after training on ``evaluate.split``."""
     return f"final/{split}/{metric}"
+
+
+def periodic_name(split: str, metric: str) -> str:
+    """``periodic/test/top1``: an evaluation during training (its step is the optimiser step)."""
+    return f"periodic/{split}/{metric}"
+
+
+def window_name(split: str, metric: str) -> str:
+    """``window/test/top1``: the mean of the periodic evaluations over the last window of steps (the paper's metric)."""
+    return f"window/{split}/{metric}"
 
 
 def corruption_name(corruption: str, severity: float, metric: str) -> str:
@@ -68,6 +79,7 @@ class MetricCatalog:
     split: str
     corruptions: Dict[str, List[float]]
     layers: List[str]
+    windowed: bool = False
 
     def epoch_names(self) -> List[str]:
         out = [split_name("train", m) for m in self.task_metrics] + \
@@ -107,6 +119,12 @@ class MetricCatalog:
         if per_epoch:
             return (f"{metric!r} is not a per-epoch metric; the pruner needs one of train/…, val/…, solver/…, lr "
                     f"(e.g. {', '.join(self.epoch_names()[:3])})")
+        if head == "window" and len(parts) == 3:
+            if not self.windowed:
+                return "no periodic evaluation: set evaluate.periodic {every_steps, window_steps} to log window/…"
+            if parts[1] != self.split:
+                return f"the periodic evaluation is on the {self.split!r} split: window/{self.split}/…"
+            return task_metric(parts[2])
         if head == "final" and len(parts) == 3:
             if parts[1] != self.split:
                 return f"the final evaluation is on the {self.split!r} split (evaluate.split): final/{self.split}/…"
@@ -139,7 +157,8 @@ def metric_catalog(config: Dict[str, Any]) -> MetricCatalog:
     task = build_task(config["task"])
     corr = {c.name: list(sev) for c, sev in parse_spec(config["evaluate"].get("corruptions") or {})}
     layers = list(implicit_layers(build_model(config["model"])))
-    return MetricCatalog(task.metric_names(), task.has_val, config["evaluate"].get("split", "test"), corr, layers)
+    return MetricCatalog(task.metric_names(), task.has_val, config["evaluate"].get("split", "test"), corr, layers,
+                         bool(config["evaluate"].get("periodic")))
 
 
 def metric_value(metrics: Dict[str, float], name: str) -> float:

@@ -24,7 +24,7 @@ import yaml
 
 from . import tracking as T
 from .locks import CellLock
-from .metrics import corruption_name, final_name, solver_name
+from .metrics import corruption_name, final_name, periodic_name, solver_name, window_name
 from .paths import no_space
 
 
@@ -204,9 +204,26 @@ def train_and_log(config: Dict[str, Any], tracker: "T.Tracker", run_id: str, dev
     last: Dict[str, float] = {}
     t_epoch = [time.perf_counter()]
 
+    split = ecfg.get("split", "test")
+    split_set = {"test": test_set, "train": train_set, "val": val_set}[split]
+    if split_set is None:
+        raise ValueError(f"evaluate.split is {split!r} but task {task.name!r} has no {split} set")
+    if ecfg.get("max_samples") and ecfg["max_samples"] < len(split_set):
+        split_set = torch.utils.data.Subset(split_set, range(int(ecfg["max_samples"])))
+    loader = make_loader(split_set, ecfg.get("batch_size", 256), shuffle=False, seed=seed)
+    periodic = ecfg.get("periodic") or None
+    evaluations: List[tuple] = []  # (optimiser step, metrics) of the periodic evaluations
+    steps = [0]
+
     def on_batch(m) -> None:
         for k, v in _solver_metrics(m).items():
             solver_acc.setdefault(k, []).extend(v)
+        steps[0] += 1
+        if periodic and steps[0] % int(periodic["every_steps"]) == 0:
+            res = {k: v for k, v in evaluate(m, loader, task, device).items() if k != "n"}
+            m.train()  # evaluate() left eval mode; the epoch goes on
+            evaluations.append((steps[0], res))
+            tracker.log_metrics(run_id, {periodic_name(split, k): v for k, v in res.items()}, step=steps[0])
 
     def on_epoch(epoch: int, metrics: Dict[str, float]) -> None:
         loss = metrics.get("train/loss", float("nan"))
@@ -229,15 +246,12 @@ def train_and_log(config: Dict[str, Any], tracker: "T.Tracker", run_id: str, dev
     fit(model, task, train_set, tcfg, device=device, seed=seed, val_set=val_set, penalty_fn=penalty,
         callback=on_epoch, eval_batch_size=ecfg.get("batch_size"), on_batch=on_batch)
 
-    split = ecfg.get("split", "test")
-    split_set = {"test": test_set, "train": train_set, "val": val_set}[split]
-    if split_set is None:
-        raise ValueError(f"evaluate.split is {split!r} but task {task.name!r} has no {split} set")
-    if ecfg.get("max_samples") and ecfg["max_samples"] < len(split_set):
-        split_set = torch.utils.data.Subset(split_set, range(int(ecfg["max_samples"])))
-    loader = make_loader(split_set, ecfg.get("batch_size", 256), shuffle=False, seed=seed)
     final = evaluate(model, loader, task, device)
     final_metrics = {final_name(split, k): v for k, v in final.items() if k != "n"}
+    if periodic:  # the paper's metric: the mean of the evaluations in the last window of steps
+        recent = [r for s_, r in evaluations if s_ > steps[0] - int(periodic["window_steps"])]
+        for k in (recent[0] if recent else {}):
+            final_metrics[window_name(split, k)] = sum(r[k] for r in recent) / len(recent)
     if ecfg.get("corruptions"):
         table = evaluate_corruptions(model, task, split_set, ecfg["corruptions"], device=device, seed=seed,
                                      batch_size=ecfg.get("batch_size", 256))

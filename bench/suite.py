@@ -72,8 +72,17 @@ class TrainCfg(_Strict):
     num_workers: int = Field(0, ge=0)
 
 
+class PeriodicCfg(_Strict):
+    """Test-set evaluation during training, every ``every_steps`` optimiser steps; the mean over the evaluations of
+    the last ``window_steps`` steps is logged as ``window/<split>/<m>`` (Zhang & Schaeffer: 500 / 5000)."""
+
+    every_steps: int = Field(..., ge=1)
+    window_steps: int = Field(..., ge=1)
+
+
 class EvaluateCfg(_Strict):
     corruptions: Dict[str, Dict[str, Any]] = {}
+    periodic: Optional[PeriodicCfg] = None
     split: Literal["test", "train", "val"] = "test"
     batch_size: int = Field(256, ge=1)
     max_samples: Optional[int] = Field(None, ge=1)
@@ -452,6 +461,8 @@ def resolve_cell(cell_cfg: Dict[str, Any], validate_registries: bool = True) -> 
             validated = model.model_validate(resolved[key])
             if key in ("train", "evaluate"):
                 resolved[key] = validated.model_dump()
+                if key == "evaluate" and resolved[key].get("periodic") is None:
+                    resolved[key].pop("periodic")  # absent, not null: runs from before the option keep their hash
         except ValidationError as e:
             errors.extend(pydantic_errors(e, f"{key}."))
     if errors or not validate_registries:

@@ -446,3 +446,21 @@ def test_damaged_read_only_and_misread_stores_get_one_clear_line(env, monkeypatc
     monkeypatch.setattr(T, "exclusive", read_only)
     r = cli("list", s)
     assert r.exit_code == 0 and "finished" in r.output, r.output
+
+
+def test_periodic_evaluation_and_the_window_mean(env):
+    """evaluate.periodic logs the test metrics every k optimiser steps and, at the end, their mean over the last window
+    (Zhang & Schaeffer's Table 5.3 metric: every 500 steps, mean of the last 5000); oracle: the logged history."""
+    s = _write(env, "p.yaml", "name: per\ntask: {name: ex1_sine, n_train: 8}\ntrain: {epochs: 5, batch_size: 2}\n"
+                              "evaluate: {periodic: {every_steps: 3, window_steps: 9}}\nseeds: [0]\n")
+    uri = _store(env)
+    r = cli("run", s, "--no-report", "--tracking-uri", uri)
+    assert r.exit_code == 0, r.output
+    from mlflow import MlflowClient
+
+    (run,) = runs(uri, "per")
+    hist = MlflowClient(uri).get_metric_history(run.info.run_id, "periodic/test/mse")
+    assert [m.step for m in hist] == [3, 6, 9, 12, 15, 18]  # 5 epochs x 4 steps = 20 steps
+    last = [m.value for m in hist if m.step > 20 - 9]
+    assert len(last) == 3
+    assert abs(run.data.metrics["window/test/mse"] - sum(last) / 3) <= 1e-12 * abs(sum(last))

@@ -27,6 +27,8 @@ def _paper_depth(cfg):
 
 def _check(e):
     errs = [] if isinstance(e["metric"], str) else [f"metric: must be a metric name such as top1 (got {e['metric']!r})"]
+    if e.get("clean") not in ("final", "window"):
+        errs.append(f"clean: must be final or window (got {e.get('clean')!r})")
     return errs + check_reference(e.get("reference"))
 
 
@@ -40,11 +42,13 @@ def _ref_value(ref, task, variant, depth, metric) -> float:
 
 @register_report("depth_vs_accuracy",
                  {"rows": None, "cols": "model.variant", "metric": "top1", "corruptions": None, "scale": 100.0,
-                  "decimals": 2, "reference": None},
+                  "decimals": 2, "reference": None, "clean": "final"},
                  doc="Table 5.3/5.4 layout: per variant (cols) and depth (rows), clean accuracy and accuracy under "
                      "each corruption severity (mean ± std over seeds), per task; plus accuracy vs depth. "
                      "reference: paper-table-5-3 (or a CSV with task, model.variant, depth, metric, value) puts the "
-                     "paper's clean accuracy and the difference beside ours",
+                     "paper's clean accuracy and the difference beside ours. clean: final (the last step's model) | "
+                     "window (the mean of the periodic test evaluations over the last window, the paper's metric; "
+                     "needs evaluate.periodic)",
                  check=_check)
 def render(ctx, e):
     data = ctx.data
@@ -85,7 +89,7 @@ def render(ctx, e):
                 prefix = f"{t} " if len(tasks) > 1 else ""
                 status = "finished" if len(fin) else _status(tc)
                 split = get_path(data.config(tc["spec_hash"].iloc[0]), "evaluate.split", "test") if len(tc) else "test"
-                vals = [v * scale for v in fin.get(f"final/{split}/{m}", pd.Series(dtype=float)).dropna()]
+                vals = [v * scale for v in fin.get(f"{e['clean']}/{split}/{m}", pd.Series(dtype=float)).dropna()]
                 drow[f"{prefix}clean"] = mean_std(vals, dec) if len(fin) else status
                 mean, sd, n = mean_sd(vals)
                 extra = {}
@@ -111,7 +115,10 @@ def render(ctx, e):
     numdf = pd.DataFrame(num)
     cap = (f"{m} accuracy ({'%' if scale == 100 else f'× {scale:g}'}) by {key_label(cols_key)} and "
            f"{key_label(rows_key)}" + (" (depth: distinct filters as the paper counts them)" if any(
-               d.get("depth") for d in disp) else "") + ": clean test set and perturbed test sets; mean ± std over seeds"
+               d.get("depth") for d in disp) else "") + ": clean test set"
+           + (" (mean of the periodic evaluations over the last window of steps, as the paper)" if e["clean"] == "window"
+              else " (the last step's model)")
+           + " and perturbed test sets (the last step's model); mean ± std over seeds"
            + (f"; 'paper' = {e['reference']} (clean), Δ = ours − paper" if ref is not None else "") + ".")
     ctx.table(pd.DataFrame(disp), numdf, "", cap)
     _figure(ctx, numdf, cols_key, rows_key, m, scale)
