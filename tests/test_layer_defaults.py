@@ -81,3 +81,15 @@ def test_integers_for_real_options_do_not_change_a_runs_identity(tmp_path):
     assert a.hash == b.hash and a.config["model"]["layer"]["theta"] == 1.0
     assert isinstance(a.config["train"]["optimizer"]["lr"], float)
     assert spec("0.5", "1", "0", "1").hash != a.hash
+
+
+def test_every_suites_run_identities_are_pinned():
+    """The spec hash of every run of every committed suite (tests/data/spec_hashes.json): a library or schema change
+    that silently changes them would make every stored run look new. Regenerate the file only when a suite itself
+    changes (and say so in the commit)."""
+    import json
+
+    pinned = json.loads((ROOT / "tests" / "data" / "spec_hashes.json").read_text())
+    got = {str(p.relative_to(ROOT)): {sp.label: sp.hash for sp in load_suite(p, validate_registries=False).specs}
+           for p in sorted((ROOT / "suites").rglob("*.yaml"))}
+    assert got == pinned
