@@ -491,3 +491,28 @@ def test_a_render_killed_midway_leaves_the_previous_report_whole(tmp_path, monke
         render_suite(load_suite(s), tracking_uri=uri, out_dir=out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert not list(tmp_path.glob(".rep.rendering-*")), "the staging folder was not removed"
+
+
+def test_bundled_table_5_4_matches_the_spec():
+    """The transcription of Zhang & Schaeffer's Table 5.4 against ../shared/SPEC.md §4 (skipped without it)."""
+    spec = Path(__file__).resolve().parents[2] / "shared" / "SPEC.md"
+    if not spec.exists():
+        pytest.skip(f"{spec} not present")
+    text = spec.read_text(encoding="utf-8").split("Table 5.4", 1)[1].split("Claim (text)", 1)[0]
+    want, current = {}, None
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 7 or not cells[1].isdigit():
+            continue
+        current = cells[0] or current
+        variant, ds = current.split()
+        task = "cifar10" if ds == "C10" else "cifar100"
+        for cond, v in zip(["clean", "unstructured eps1", "unstructured eps2", "structured delta1", "structured delta2"],
+                           cells[2:]):
+            want[(task, variant, int(cells[1]), cond)] = float(v)
+    from bench.report.references import load_reference
+
+    ref = load_reference("paper-table-5-4")
+    got = {(t, v, int(d), c): float(x) for t, v, d, c, x in
+           zip(ref["task"], ref["model.variant"], ref["depth"], ref["condition"], ref["value"])}
+    assert len(want) == 70 and got == want
