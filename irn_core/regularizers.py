@@ -29,7 +29,7 @@ from .registry import Registry
 from .normalization import frozen_normalization
 
 __all__ = [
-    "REGULARIZERS", "regularization", "hutchinson", "trajectory_penalty", "tv_penalty", "diagonal_estimate",
+    "REGULARIZERS", "regularization", "frobenius_penalty", "hutchinson", "trajectory_penalty", "tv_penalty", "diagonal_estimate",
     "convergence_rate_penalty", "PerturbationStreams", "check_config", "nemon_lipschitz_penalty", "trapezoid_weights",
 ]
 
@@ -41,7 +41,8 @@ for _name, _defaults in (
         ("jacobian", {"weight": 0.0, "samples": 1, "states": "attached", "field_time": "step_end"}),
         ("tv", {"weight": 0.0}),
         ("convergence_rate", {"weight": 0.0, "rate": 0.5, "iterations": 3}),
-        ("nemon_lipschitz", {"weight": 0.0})):
+        ("nemon_lipschitz", {"weight": 0.0}),
+        ("frobenius", {"weight": 0.0})):
     REGULARIZERS.register(_name, _defaults, options=list(_defaults))
 
 
@@ -279,6 +280,13 @@ def nemon_lipschitz_penalty(model: nn.Module, weight: float = 1.0) -> torch.Tens
     return weight * torch.stack(bounds).sum()
 
 
+def frobenius_penalty(model: nn.Module, weight: float = 1.0) -> torch.Tensor:
+    """weight · Σ ‖W‖_F² over every convolution filter and dense weight of ``model`` (not biases or batch norm):
+    Zhang & Schaeffer's Table 4.1 norm penalty on filters and weights (its λ is lost; the suites say what they use)."""
+    terms = [m.weight.pow(2).sum() for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    return weight * sum(terms, _zero(model))
+
+
 def regularization(model: nn.Module, config: Mapping[str, Mapping[str, object]], *,
                    generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """Total penalty and its components for ``model`` after a forward with ``keep_trajectory`` on.
@@ -323,6 +331,8 @@ def regularization(model: nn.Module, config: Mapping[str, Mapping[str, object]],
                                                              iterations=int(c["iterations"])))
     if "nemon_lipschitz" in cfg and cfg["nemon_lipschitz"]["weight"]:
         add("nemon_lipschitz", nemon_lipschitz_penalty(model, float(cfg["nemon_lipschitz"]["weight"])))
+    if "frobenius" in cfg and cfg["frobenius"]["weight"]:
+        add("frobenius", frobenius_penalty(model, float(cfg["frobenius"]["weight"])))
     for name in cfg:  # every configured name is reported, zero if its weight is zero / nothing applies
         comps.setdefault(name, _zero(model))
     total = sum(comps.values(), _zero(model))

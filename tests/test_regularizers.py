@@ -275,3 +275,17 @@ def test_gradcheck_perturbation_streams():
         return s(b, x)[1]["perturbation"]
 
     assert float(_gradcheck_module_fn(block, fn)) > 0
+
+
+def test_frobenius_penalty_is_the_sum_of_squared_filters_and_weights():
+    """Table 4.1's norm penalty: λ Σ‖W‖_F² over conv and dense weights only (closed form)."""
+    from irn_core.regularizers import frobenius_penalty
+
+    m = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.Flatten(), nn.Linear(3, 4))
+    expect = 0.5 * (m[0].weight.pow(2).sum() + m[3].weight.pow(2).sum())
+    torch.testing.assert_close(frobenius_penalty(m, 0.5), expect)
+    total, comps = regularization(m, {"frobenius": {"weight": 0.5}})
+    torch.testing.assert_close(total, expect)
+    total.backward()
+    torch.testing.assert_close(m[3].weight.grad, 2 * 0.5 * m[3].weight)  # = weight decay 2λ for SGD
+    assert m[0].bias.grad is None and m[1].weight.grad is None

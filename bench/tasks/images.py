@@ -173,6 +173,11 @@ class _CIFARTask(ImageTask):
                 "in_channels": 3, "num_classes": self.num_classes, "form": "post_activation",
                 "batch_norm": True, "normalize": norm, "layer": {"theta": 0.0}}
 
+    def default_regularizers(self):
+        # Zhang & Schaeffer Table 4.1: norm penalties on all filters and weights (D: plus the A₂ ≥ 0 indicator, kept
+        # by projection); λ is lost — *inferred* λ = 5e-5 on Σ‖W‖²_F, i.e. weight decay 1e-4 under SGD
+        return {"frobenius": {"weight": 5e-5}} if self.options.arch in ("resnet_d", "resnet_s") else {}
+
     def default_train(self):
         # Zhang & Schaeffer: SGD 0.1, batch 128, lr ÷ 10 every 24K steps, 70K steps
         # (ResNet-S on CIFAR-10: every 32K, 93.5K steps).
