@@ -92,7 +92,7 @@ def test_regularization_config_errors_and_zero_weights():
     block.keep_trajectory = True
     block(torch.randn(3, 4, dtype=D))
     with pytest.raises(ValueError, match=r"unknown regularizer 'curvature'; valid: convergence_rate, divergence, "
-                                         r"jacobian, nemon_lipschitz, tv"):
+                                         r"frobenius, jacobian, nemon_lipschitz, tv"):
         regularization(block, {"curvature": {"weight": 1}})
     with pytest.raises(ValueError, match=r"unknown option\(s\) 'power' for regularizer 'divergence'; valid: weight, p, samples"):
         regularization(block, {"divergence": {"weight": 1, "power": 2}})
