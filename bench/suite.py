@@ -21,6 +21,7 @@ from typing import Annotated, Any, Callable, Dict, List, Literal, Optional, Tupl
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .canonical import canonical_layer, canonical_numbers, value_errors
 from .suitefile import SuiteError, deep_merge, get_path, parse_assignment, read_yaml, set_path
 
 SCHEMA_VERSION = 1
@@ -45,7 +46,7 @@ class _Named(BaseModel):
 
 
 class ModelCfg(_Named):
-    """The resolved model: its layer options are checked by their owner, irn_core.models (see _canonical_layer)."""
+    """The resolved model: its layer options are checked by their owner, irn_core.models (see bench.canonical.canonical_layer)."""
 
     layer: Optional[Dict[str, Any]] = None
 
@@ -378,50 +379,6 @@ def _only_match(spec: RunSpec, key: str, value: Any) -> bool:
     return got == value or str(got) == str(value)
 
 
-def _value_errors(resolved: Dict[str, Any]) -> List[str]:
-    """Numbers a run cannot start with: non-finite anywhere, a learning rate ≤ 0, a negative regulariser weight,
-    booleans or strings where θ or a learning rate goes."""
-    import math
-
-    errors: List[str] = []
-
-    def walk(v, path):
-        if isinstance(v, float) and not math.isfinite(v):
-            errors.append(f"{path}: must be a finite number (got {v!r})")
-        elif isinstance(v, dict):
-            for k, x in v.items():
-                walk(x, f"{path}.{k}" if path else str(k))
-        elif isinstance(v, (list, tuple)):
-            for i, x in enumerate(v):
-                walk(x, f"{path}[{i}]")
-
-    walk(resolved, "")
-
-    def number(v) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-    lr = (resolved.get("train", {}).get("optimizer") or {}).get("lr")
-    if lr is not None and (not number(lr) or not lr > 0):
-        errors.append(f"train.optimizer.lr: must be a number > 0 (got {lr!r})")
-    for name, opts in (resolved.get("regularizers") or {}).items():
-        w = (opts or {}).get("weight") if isinstance(opts, dict) else None
-        if w is not None and (not number(w) or w < 0):
-            errors.append(f"regularizers.{name}.weight: must be a number >= 0 (got {w!r})")
-    layer = (resolved.get("model") or {}).get("layer") or {}
-    theta = layer.get("theta") if isinstance(layer, dict) else None
-    if theta is not None and (not number(theta) or not 0 <= theta <= 1):
-        errors.append(f"model.layer.theta: must be a number in [0, 1] (got {theta!r})")
-    for key in ("solver", "backward"):
-        spec = layer.get(key) if isinstance(layer, dict) else None
-        if isinstance(spec, dict):
-            tol, iters = spec.get("tol"), spec.get("max_iter")
-            if tol is not None and (not number(tol) or not tol > 0):
-                errors.append(f"model.layer.{key}.tol: must be a number > 0 (got {tol!r})")
-            if iters is not None and (not isinstance(iters, int) or isinstance(iters, bool) or iters < 1):
-                errors.append(f"model.layer.{key}.max_iter: must be an integer >= 1 (got {iters!r})")
-    return errors
-
-
 def resolve_cell(cell_cfg: Dict[str, Any], validate_registries: bool = True) -> Tuple[Dict[str, Any], Optional[List[str]]]:
     """Merge a cell with its task's defaults and validate it. Returns (resolved config, errors or None)."""
     from . import registries
@@ -452,9 +409,9 @@ def resolve_cell(cell_cfg: Dict[str, Any], validate_registries: bool = True) -> 
         "train": train_cfg,
         "evaluate": copy.deepcopy(cell_cfg.get("evaluate") or {}),
     }
-    _canonical_layer(resolved["model"])
-    _canonical_numbers(resolved)
-    errors.extend(_value_errors(resolved))
+    canonical_layer(resolved["model"])
+    canonical_numbers(resolved)
+    errors.extend(value_errors(resolved))
     # strict sections
     for key, model in (("model", ModelCfg), ("train", TrainCfg), ("evaluate", EvaluateCfg)):
         try:
@@ -472,31 +429,3 @@ def resolve_cell(cell_cfg: Dict[str, Any], validate_registries: bool = True) -> 
     errors.extend(registries.check_regularizers(resolved["regularizers"]))
     errors.extend(registries.check_corruptions(resolved["evaluate"].get("corruptions", {})))
     return resolved, errors or None
-
-
-_FLOAT_PATHS = ("model.layer.theta", "model.layer.solver.tol", "model.layer.backward.tol", "train.optimizer.lr",
-                "model.h")
-
-
-def _canonical_numbers(resolved: Dict[str, Any]) -> None:
-    """Real-valued options written as integers become floats (``theta: 1`` is ``theta: 1.0``), so that the same run
-    has one identity however it was written (booleans are left for the value checks to refuse)."""
-    paths = list(_FLOAT_PATHS) + [f"regularizers.{k}.weight" for k in (resolved.get("regularizers") or {})]
-    for path in paths:
-        v = get_path(resolved, path, None)
-        if isinstance(v, int) and not isinstance(v, bool):
-            set_path(resolved, path, float(v))
-
-
-def _canonical_layer(model: Dict[str, Any]) -> None:
-    """Record the implicit layers' effective settings in the run config (and so in its identity), completed by their
-    one owner, :func:`irn_core.models.complete_layer`: a library default that changes later cannot make a cached run
-    look like the new one. Unknown solvers or options are left for the registry check to report."""
-    from irn_core.models import complete_layer, layer_kind
-
-    if not isinstance(model, dict) or not model.get("name") or layer_kind(model) == "none":
-        return
-    try:
-        model["layer"] = complete_layer(model)
-    except (ValueError, TypeError):
-        return

@@ -98,6 +98,16 @@ class ImplicitLayer:
         """Stats of every backward (IFT) solve of the last backward pass."""
         return list(self._bwd)
 
+    @property
+    def last_stats(self):
+        """The forward stats of the last call (one solve: a SolverStats or None; multi-step layers: the list)."""
+        return self._fwd[0] if self._fwd else None
+
+    @property
+    def last_backward_stats(self):
+        """The backward stats of the last backward pass (as :attr:`last_stats`)."""
+        return self._bwd[0] if self._bwd else None
+
     def _report(self, stats: SolverStats, where: str) -> None:
         """Apply the non-convergence policy (warn once per call site, raise, or ignore) to one solve's stats."""
         if stats.all_converged or self.on_nonconvergence == "ignore":
@@ -234,14 +244,6 @@ class ThetaLayer(ThetaMethod, nn.Module):
     def field_at(self, t: int) -> nn.Module:
         """F(γ_t, ·) of step t (a single step: t = 1)."""
         return self.field
-
-    @property
-    def last_stats(self) -> Optional[SolverStats]:
-        return self._fwd[0] if self._fwd else None
-
-    @property
-    def last_backward_stats(self) -> Optional[SolverStats]:
-        return self._bwd[0] if self._bwd else None
 
     def extra_repr(self) -> str:
         return f"theta={self.theta}, h={self.h}, phi={self.phi}, solver={self.solver.name}, backward={self.backward.name}"

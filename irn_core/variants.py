@@ -34,7 +34,7 @@ from .fields import make_activation
 from .layers import DEFAULT_BACKWARD, ImplicitBlock, ImplicitLayer, ThetaLayer
 from .linf import LInfParam, linf_log_norm
 from .normalization import circular_conv_norm, conv2d_adjoint
-from .solvers.base import SolverError, SolverStats
+from .solvers.base import SolverError
 from .solvers.linear import LINEAR_SOLVERS
 from .solvers.nonlinear import NONLINEAR_SOLVERS
 
@@ -338,14 +338,6 @@ class NEMONLayer(ImplicitLayer, nn.Module):
         self.solver = NONLINEAR_SOLVERS.resolve(solver or {"name": "picard_average", "tol": 1e-6, "max_iter": 300})
         self.backward_solver = LINEAR_SOLVERS.resolve(backward or DEFAULT_BACKWARD)
         self._configure_reporting(on_nonconvergence, None)
-
-    @property
-    def last_stats(self) -> Optional[SolverStats]:
-        return self._fwd[0] if self._fwd else None
-
-    @property
-    def last_backward_stats(self) -> Optional[SolverStats]:
-        return self._bwd[0] if self._bwd else None
 
     @staticmethod
     def _g(x, A, Bu, act):
