@@ -27,29 +27,34 @@ def value_errors(resolved: Dict[str, Any]) -> List[str]:
                 walk(x, f"{path}[{i}]")
 
     walk(resolved, "")
+    nonfinite = {e.split(":")[0] for e in errors}  # one message per value: no range check on top of "not finite"
+
+    def add(path: str, message: str) -> None:
+        if path not in nonfinite:
+            errors.append(f"{path}: {message}")
 
     def number(v) -> bool:
         return isinstance(v, (int, float)) and not isinstance(v, bool)
 
     lr = (resolved.get("train", {}).get("optimizer") or {}).get("lr")
     if lr is not None and (not number(lr) or not lr > 0):
-        errors.append(f"train.optimizer.lr: must be a number > 0 (got {lr!r})")
+        add("train.optimizer.lr", f"must be a number > 0 (got {lr!r})")
     for name, opts in (resolved.get("regularizers") or {}).items():
         w = (opts or {}).get("weight") if isinstance(opts, dict) else None
         if w is not None and (not number(w) or w < 0):
-            errors.append(f"regularizers.{name}.weight: must be a number >= 0 (got {w!r})")
+            add(f"regularizers.{name}.weight", f"must be a number >= 0 (got {w!r})")
     layer = (resolved.get("model") or {}).get("layer") or {}
     theta = layer.get("theta") if isinstance(layer, dict) else None
     if theta is not None and (not number(theta) or not 0 <= theta <= 1):
-        errors.append(f"model.layer.theta: must be a number in [0, 1] (got {theta!r})")
+        add("model.layer.theta", f"must be a number in [0, 1] (got {theta!r})")
     for key in ("solver", "backward"):
         spec = layer.get(key) if isinstance(layer, dict) else None
         if isinstance(spec, dict):
             tol, iters = spec.get("tol"), spec.get("max_iter")
             if tol is not None and (not number(tol) or not tol > 0):
-                errors.append(f"model.layer.{key}.tol: must be a number > 0 (got {tol!r})")
+                add(f"model.layer.{key}.tol", f"must be a number > 0 (got {tol!r})")
             if iters is not None and (not isinstance(iters, int) or isinstance(iters, bool) or iters < 1):
-                errors.append(f"model.layer.{key}.max_iter: must be an integer >= 1 (got {iters!r})")
+                add(f"model.layer.{key}.max_iter", f"must be an integer >= 1 (got {iters!r})")
     return errors
 
 

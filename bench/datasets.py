@@ -16,6 +16,7 @@ refused with its name and the data root is left as it was.
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import os
@@ -191,7 +192,19 @@ def import_dataset(name: str, src: str | Path, root: Optional[str] = None, force
     if not src.exists():
         raise DataError(f"{src}: no such file or folder")
     dest = ds.path(data_root(root))
+    made = [p for p in (dest.parent, *dest.parent.parents) if not p.exists()]  # removed again if the import fails
     dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _import_into(ds, name, src, dest, force)
+    except BaseException:
+        for p in made:  # deepest first; only folders this call created and left empty
+            with contextlib.suppress(OSError):
+                p.rmdir()
+        raise
+    return status(name, root)
+
+
+def _import_into(ds, name: str, src: Path, dest: Path, force: bool) -> None:
     with tempfile.TemporaryDirectory(prefix=f".import-{name}-", dir=dest.parent) as tmp:
         tmp = Path(tmp)
         search = src
@@ -224,7 +237,6 @@ def import_dataset(name: str, src: str | Path, root: Optional[str] = None, force
             if target.is_file() and not force and md5_of(target) == md5:
                 continue
             os.replace(staged / f, target)  # same filesystem: atomic per file; all were verified first
-    return status(name, root)
 
 
 # ------------------------------------------------------------------------------------------ download

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 __all__ = ["ENV_RESULTS", "ENV_DATA", "ENV_TRACKING", "SQLITE", "project_root", "results_dir", "data_root",
-           "reports_dir", "store_uri", "sqlite_path", "pinned", "no_space", "StoreError"]
+           "reports_dir", "store_uri", "check_uri", "sqlite_path", "pinned", "no_space", "StoreError"]
 
 ENV_RESULTS = "IRN_RESULTS"
 ENV_DATA = "IRN_DATA_ROOT"
@@ -62,11 +62,70 @@ class StoreError(RuntimeError):
     says which and what to do."""
 
 
+_SCHEMES = ("file", "sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks", "databricks-uc", "uc")
+_CHECKED: dict = {}
+
+
+def check_uri(uri: str, source: str = "--tracking-uri", timeout: float = 3.0) -> str:
+    """``uri`` when MLflow can use it, else :class:`StoreError` saying why: the scheme is one MLflow knows, a SQLite
+    URI has the ``sqlite:///PATH`` form (``sqlite://x.db`` is silently an in-memory store), and a server
+    (http, https, a database host) accepts a TCP connection within ``timeout`` seconds — instead of MLflow retrying
+    for minutes. Checked once per process."""
+    if uri in _CHECKED:
+        if _CHECKED[uri]:
+            raise StoreError(_CHECKED[uri])
+        return uri
+    problem = _uri_problem(uri, source, timeout)
+    _CHECKED[uri] = problem
+    if problem:
+        raise StoreError(problem)
+    return uri
+
+
+def _uri_problem(uri: str, source: str, timeout: float) -> Optional[str]:
+    import socket
+    from urllib.parse import urlsplit
+
+    import re
+
+    shown = re.sub(r"://[^/@\s]*@", "://***@", uri)  # never print credentials
+    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else ""
+    if not scheme:
+        return None  # a plain path: MLflow's file store
+    if scheme not in _SCHEMES:
+        return f"{source} {shown!r}: unknown scheme {scheme!r}; use sqlite:///PATH, file:///PATH, http(s)://HOST:PORT " \
+               f"or a database URI ({', '.join(_SCHEMES)})"
+    if scheme == "sqlite":
+        if not uri.startswith(SQLITE) or len(uri) == len(SQLITE):
+            return f"{source} {shown!r}: a SQLite store is sqlite:///relative/path.db or sqlite:////absolute/path.db"
+        if any(c in uri[len(SQLITE):] for c in "?#"):
+            return f"{source} {shown!r}: '?' and '#' in a SQLite path are read as URL parameters; rename the folder"
+        return None
+    if scheme in ("file", "databricks", "databricks-uc", "uc"):
+        return None
+    try:
+        parts = urlsplit(uri)
+        host, port = parts.hostname, parts.port
+    except ValueError as e:
+        return f"{source} {shown!r}: not a valid URI ({e})"
+    if not host:
+        return f"{source} {shown!r}: no host"
+    port = port or {"http": 80, "https": 443, "postgresql": 5432, "mysql": 3306, "mssql": 1433}[scheme]
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as e:
+        return f"{source} {shown!r}: cannot reach {host}:{port} within {timeout:g}s ({e.strerror or e}); start the " \
+               "server or use another store"
+
+
 def store_uri(uri: Optional[str] = None, suite: Optional[str | Path] = None) -> str:
-    """The MLflow tracking URI: ``uri``, else $IRN_TRACKING_URI, else SQLite at ``<results>/mlflow.db``."""
-    chosen = uri or os.environ.get(ENV_TRACKING)
-    if chosen:
-        return chosen
+    """The MLflow tracking URI: ``uri``, else $IRN_TRACKING_URI, else SQLite at ``<results>/mlflow.db``; an explicit
+    URI is checked first (:func:`check_uri`)."""
+    if uri:
+        return check_uri(uri)
+    if os.environ.get(ENV_TRACKING):
+        return check_uri(os.environ[ENV_TRACKING], f"${ENV_TRACKING}")
     db = results_dir(suite) / "mlflow.db"
     if any(c in str(db) for c in "?#"):
         raise StoreError(f"the results folder {db.parent} has a '?' or '#' in its path: SQLite would read the rest as "

@@ -31,9 +31,9 @@ def check_train(train: Dict[str, Any]) -> List[str]:
     return errors
 
 
-def check_model(model: Dict[str, Any]) -> List[str]:
+def check_model(model: Dict[str, Any], build: bool = True) -> List[str]:
     """Build the model once (on the CPU, cheap) so every option — layer, field, solvers — is checked by the
-    code that uses it."""
+    code that uses it; ``build=False`` (the section has errors already): only the solver names."""
     from irn_core.models import build_model
 
     errors = []
@@ -46,7 +46,7 @@ def check_model(model: Dict[str, Any]) -> List[str]:
                 reg.resolve(layer[key])
             except (ValueError, TypeError) as e:
                 errors.append(f"model.layer.{key}: {_msg(e)}")
-    if errors:
+    if errors or not build:
         return errors
     try:
         build_model(model)

@@ -49,6 +49,7 @@ class CellContext:
     overrides: Dict[str, Any] = field(default_factory=dict)
     progress: Optional[Callable] = None  # local executor only: progress(epoch, epochs)
     wait: bool = False  # block on a cell another process is running, then use its result (or run it)
+    threads_asked: bool = False  # --threads given: a finished run recorded with another CPU thread count is redone
 
     def with_device(self, device: str) -> "CellContext":
         return dataclasses.replace(self, device=device)
@@ -68,6 +69,19 @@ class CellResult:
     summary: Dict[str, float] = field(default_factory=dict)
 
 
+def reusable(tags: Dict[str, str], device: str, threads: int, threads_asked: bool) -> bool:
+    """Whether a finished run (its tags) stands for a run on ``device`` with ``threads`` CPU threads. A run's identity
+    is its spec hash plus, on the CPU, its torch thread count (kernels reduce in a thread-dependent order, so the
+    numbers differ in the last bits and, over an epoch, in the percent): a finished run is reused unless the
+    command asks for another thread count explicitly (``--threads``); runs recorded before the tag existed count
+    as matching."""
+    recorded = tags.get(T.TAG_THREADS)
+    if not threads_asked or recorded is None or not device.startswith("cpu") or \
+            not tags.get(T.TAG_DEVICE, "cpu").startswith("cpu"):
+        return True
+    return recorded == str(threads)
+
+
 def run_cell(config: Dict[str, Any], ctx: CellContext) -> CellResult:
     t0 = time.perf_counter()
     lock = CellLock(Path(ctx.lock_dir), ctx.suite, ctx.spec_hash)
@@ -77,13 +91,18 @@ def run_cell(config: Dict[str, Any], ctx: CellContext) -> CellResult:
         tracker = T.Tracker(ctx.tracking_uri)
         runs = tracker.runs_for_hash(ctx.experiment_id, ctx.spec_hash)
         finished = [r for r in runs if r.info.status == "FINISHED"]
-        if finished and not ctx.force:
+        import torch
+
+        threads = ctx.threads or torch.get_num_threads()
+        redo = ctx.force or (finished and not reusable(finished[0].data.tags, ctx.device, threads, ctx.threads_asked))
+        if finished and not redo:
             return CellResult(ctx.label, ctx.spec_hash, "cached", run_id=finished[0].info.run_id)
-        for r in runs:  # stale RUNNING runs (their process is dead: we hold the lock) and, when forced, old results
-            if r.info.status in ("RUNNING", "SCHEDULED") or (ctx.force and r.info.status == "FINISHED"):
+        for r in runs:  # stale RUNNING runs (their process is dead: we hold the lock) and, when redone, old results
+            if r.info.status in ("RUNNING", "SCHEDULED") or (redo and r.info.status == "FINISHED"):
                 tracker.delete(r.info.run_id)
         tags = {T.TAG_ROLE: "cell", T.TAG_HASH: ctx.spec_hash, T.TAG_SUITE: ctx.suite, T.TAG_LABEL: ctx.label,
                 T.TAG_SCHEMA: str(config.get("schema_version", "")), T.TAG_DEVICE: ctx.device,
+                T.TAG_THREADS: str(threads),
                 T.TAG_CELL: json.dumps(ctx.overrides, sort_keys=True, default=str)}
         if "case" in ctx.overrides:
             tags[T.TAG_CASE] = str(ctx.overrides["case"])

@@ -11,10 +11,12 @@ A suite is a YAML mapping (see suites/*.yaml). Loading it:
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import itertools
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Callable, Dict, List, Literal, Optional, Tuple, Union
@@ -95,7 +97,7 @@ class ReportCfg(BaseModel):
 
 
 class SuiteCfg(_Strict):
-    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", max_length=100)  # a folder, an MLflow experiment
     description: str = ""
     schema_version: int = SCHEMA_VERSION
     task: Optional[_Named] = None
@@ -140,6 +142,15 @@ class SuiteCfg(_Strict):
             raise ValueError(f"seeds repeat: {v}")
         return v
 
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        import re
+
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", v):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {v!r}")
+        return v
+
     @field_validator("matrix")
     @classmethod
     def _matrix(cls, v: Dict[str, List[Any]]) -> Dict[str, List[Any]]:
@@ -153,26 +164,48 @@ def _fmt_loc(loc) -> str:
     return ".".join(str(p) for p in loc) if loc else "(top level)"
 
 
+_UNION_TAG = re.compile(r"^(constrained-\w+|literal\[.*\]|int|float|str|bool|none|list\[.*\]|dict\[.*\]|function-\w+\[.*\])$")
+
+
 def pydantic_errors(e: ValidationError, prefix: str = "") -> List[str]:
-    out = []
+    """One line per problem, the field path first; the branches of a union field (``batch_size``: an integer ≥ 1
+    or 'full') joined into one line."""
+    out: List[str] = []
+    merged: Dict[str, int] = {}
     for err in e.errors():
-        loc = _fmt_loc(err["loc"])
+        raw_loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and _UNION_TAG.match(p)))
+        loc = _fmt_loc(raw_loc)
         msg = err["msg"]
+        if raw_loc != tuple(err["loc"]) and err["type"] != "extra_forbidden":
+            msg = msg.replace("Input should be ", "")
+            if loc in merged:  # another branch of the same union field
+                i = merged[loc]
+                head, _, got = out[i].rpartition(" (got ")
+                out[i] = f"{head} or {msg} (got {got}" if got else f"{out[i]} or {msg}"
+                continue
+            msg = "must be " + msg
+            merged[loc] = len(out)
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
-            parent = err["loc"][:-1]
+            parent = tuple(p for p in prefix.rstrip(".").split(".") if p) + tuple(err["loc"][:-1])
             allowed = _allowed_keys(parent)
             if allowed:
-                msg += f"; allowed: {', '.join(allowed)}"
+                import difflib
+
+                close = difflib.get_close_matches(str(err["loc"][-1]), allowed, n=1)
+                msg += (f" (did you mean {close[0]!r}?)" if close else "") + f"; allowed in {'.'.join(map(str, parent)) or 'the suite'}: {', '.join(allowed)}"
         elif err["type"] == "literal_error":
             msg = msg.replace("Input should be", "must be")
+        elif err["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
         value = err.get("input")
-        got = "" if err["type"] in ("missing",) or isinstance(value, dict) else f" (got {value!r})"
+        shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+        got = "" if err["type"] in ("missing",) or isinstance(value, dict) or "got" in msg else f" (got {shown})"
         out.append(f"{prefix}{loc}: {msg}{got}")
     return out
 
 
-_SECTIONS = {(): SuiteCfg, ("evaluate",): EvaluateCfg, ("train",): TrainCfg}
+_SECTIONS = {(): SuiteCfg, ("evaluate",): EvaluateCfg, ("train",): TrainCfg, ("model",): ModelCfg}
 
 
 def _allowed_keys(loc) -> List[str]:
@@ -286,6 +319,13 @@ def load_suite(path: str | Path, sets: List[str] = (), only: List[str] = (), see
             raise SuiteError(str(path), errors) from None
         raw = trimmed
 
+    for st in sets:
+        with contextlib.suppress(ValueError):
+            k, _ = parse_assignment(st)
+            if k in cfg.matrix:
+                errors.append(f"--set {k}: the matrix sets this path in every cell ({k}: "
+                              f"{', '.join(map(str, cfg.matrix[k]))}), so --set would change nothing; select cells "
+                              f"with --only {k}=VALUE")
     filters = []
     for o in only:
         try:
@@ -301,8 +341,15 @@ def load_suite(path: str | Path, sets: List[str] = (), only: List[str] = (), see
             if k.split(".")[0] not in RUN_SECTIONS or "." not in k:
                 errors.append(f"{where}: {k!r} is not a run-config path; paths start with "
                               + ", ".join(f"{s}." for s in RUN_SECTIONS))
-    if validate_registries and cfg.reports and "reports" in section_checks:
-        errors.extend(section_checks["reports"](cfg.reports))
+    axes = set(cfg.matrix) | ({"case"} if cfg.cases else set())
+    for k in dict.fromkeys(k for c in cfg.exclude for k in c):
+        if k not in axes:
+            import difflib
+
+            close = difflib.get_close_matches(k, sorted(axes), n=1)
+            errors.append(f"exclude: {k!r} is not a matrix key, so the entry removes nothing"
+                          + (f" (did you mean {close[0]!r}?)" if close else "")
+                          + f"; matrix keys: {', '.join(sorted(axes)) or 'none'}")
     if cfg.task is None and not (cfg.cases and all("task" in c for c in cfg.cases.values())):
         if not any(e.startswith("task") for e in errors):
             errors.append("task: field required (at top level, or in every case)")
@@ -324,13 +371,14 @@ def load_suite(path: str | Path, sets: List[str] = (), only: List[str] = (), see
         errors.append("exclude: removes every cell of the matrix; nothing would run")
     short = _short_keys(sorted({k for c in cells for k in c}))
     specs: List[RunSpec] = []
-    seen_errors: set = set()
+    cell_errors: Dict[str, List[str]] = {}  # one message per problem, with the cells it occurs in
     for cell in cells:
         label_cell = " ".join(f"{short[k]}={_fmt_value(v)}" for k, v in cell.items())
         cell_cfg = copy.deepcopy(base)
         if "case" in cell:
             if cell["case"] not in cfg.cases:
-                errors.append(f"include: case {cell['case']!r} is not defined; cases: {', '.join(cfg.cases)}")
+                errors.append(f"include: case {cell['case']!r} is not defined; "
+                              + (f"cases: {', '.join(cfg.cases)}" if cfg.cases else "the suite defines no cases"))
                 continue
             cell_cfg = deep_merge(cell_cfg, cfg.cases[cell["case"]])
         for k, v in cell.items():
@@ -338,16 +386,26 @@ def load_suite(path: str | Path, sets: List[str] = (), only: List[str] = (), see
                 set_path(cell_cfg, k, v)
         resolved, errs = resolve_cell(cell_cfg, validate_registries)
         if errs:
-            where = f"matrix cell [{label_cell}]: " if cell else ""
             for e in errs:
-                if (where + e) not in seen_errors and e not in seen_errors:
-                    seen_errors.add(where + e)
-                    errors.append(where + e)
+                cell_errors.setdefault(e, []).append(label_cell)
             continue
         for seed in cfg.seeds:
             conf = dict(resolved, seed=seed, schema_version=SCHEMA_VERSION)
             label = (label_cell + " " if label_cell else "") + f"seed={seed}"
             specs.append(RunSpec(suite=cfg.name, config=conf, label=label, overrides=dict(cell), cell_label=label_cell))
+    for e, where in cell_errors.items():
+        labelled = [w for w in where if w]
+        if not labelled:
+            errors.append(e)
+        elif len(labelled) == 1:
+            errors.append(f"matrix cell [{labelled[0]}]: {e}")
+        elif len(labelled) == len(cells):
+            errors.append(f"{e} (in every matrix cell: {len(labelled)})")
+        else:
+            errors.append(f"{e} (in {len(labelled)} matrix cells: " + ", ".join(f"[{w}]" for w in labelled[:3])
+                          + (", …" if len(labelled) > 3 else "") + ")")
+    if validate_registries and cfg.reports and "reports" in section_checks:
+        errors.extend(section_checks["reports"](cfg.reports, specs))
     if cfg.search is not None and not errors and "search" in section_checks:
         errors.extend(section_checks["search"](cfg, raw, specs))
     if errors:
@@ -357,6 +415,13 @@ def load_suite(path: str | Path, sets: List[str] = (), only: List[str] = (), see
         if not kept:
             have = []
             for k, _ in filters:
+                if k == "case" and not cfg.cases:
+                    have.append("the suite defines no cases")
+                    continue
+                if k != "case" and all(get_path(sp.config, k, _ABSENT) is _ABSENT for sp in specs):
+                    have.append(f"{k} is not a field of any run (matrix paths: "
+                                + (", ".join(sorted({p for sp in specs for p in sp.overrides})) or "none") + ")")
+                    continue
                 vals = sorted({json.dumps(sp.overrides.get("case") if k == "case" else get_path(sp.config, k, None),
                                           default=str) for sp in specs})
                 have.append(f"{k} takes {', '.join(vals[:20])}" + (" …" if len(vals) > 20 else ""))
@@ -396,12 +461,20 @@ def resolve_cell(cell_cfg: Dict[str, Any], validate_registries: bool = True) -> 
         defaults_model = task.default_model() or {}
         defaults_train = {k: v for k, v in (task.default_train() or {}).items() if v is not None}
         defaults_reg = task.default_regularizers() or {}
+        split = (cell_cfg.get("evaluate") or {}).get("split")
+        if split == "val" and not task.has_val:
+            errors.append(f"evaluate.split: task {task_cfg.get('name')!r} has no validation set; use test or train")
     except Exception as e:  # noqa: BLE001 - registry errors carry the allowed values
         errors.append(f"task: {e}")
     model_cfg = dict(cell_cfg.get("model") or {})
     if defaults_model and (not model_cfg.get("name") or model_cfg.get("name") == defaults_model.get("name")):
         model_cfg = deep_merge(defaults_model, model_cfg)
-    train_cfg = deep_merge(defaults_train, cell_cfg.get("train") or {})
+    user_train = cell_cfg.get("train") or {}
+    # another optimiser or scheduler than the task's replaces it: the default's options belong to the default
+    defaults_train = {k: v for k, v in defaults_train.items()
+                      if not (k in ("optimizer", "scheduler") and isinstance(v, dict) and isinstance(user_train.get(k), dict)
+                              and user_train[k].get("name", v.get("name")) != v.get("name"))}
+    train_cfg = deep_merge(defaults_train, user_train)
     resolved = {
         "task": task_cfg,
         "model": model_cfg,
@@ -412,8 +485,12 @@ def resolve_cell(cell_cfg: Dict[str, Any], validate_registries: bool = True) -> 
     canonical_layer(resolved["model"])
     canonical_numbers(resolved)
     errors.extend(value_errors(resolved))
-    # strict sections
+    # strict sections; the registry checks of every section that passed run too (no error hides another)
+    bad = {k for k in ("model", "train", "evaluate") if any(e.startswith(f"{k}.") for e in errors)}
+    task_failed = any(e.startswith("task") for e in errors)
     for key, model in (("model", ModelCfg), ("train", TrainCfg), ("evaluate", EvaluateCfg)):
+        if key == "model" and task_failed and "name" not in resolved["model"]:
+            continue  # the task's default model is unknown while the task is wrong: no cascading "name required"
         try:
             validated = model.model_validate(resolved[key])
             if key in ("train", "evaluate"):
@@ -422,10 +499,15 @@ def resolve_cell(cell_cfg: Dict[str, Any], validate_registries: bool = True) -> 
                     resolved[key].pop("periodic")  # absent, not null: runs from before the option keep their hash
         except ValidationError as e:
             errors.extend(pydantic_errors(e, f"{key}."))
-    if errors or not validate_registries:
+            bad.add(key)
+    if not validate_registries or any(e.startswith("task") for e in errors):
         return resolved, errors or None
-    errors.extend(registries.check_train(resolved["train"]))
-    errors.extend(registries.check_model(resolved["model"]))
-    errors.extend(registries.check_regularizers(resolved["regularizers"]))
-    errors.extend(registries.check_corruptions(resolved["evaluate"].get("corruptions", {})))
+    if "train" not in bad:
+        errors.extend(registries.check_train(resolved["train"]))
+    if "model" in resolved and isinstance(resolved["model"], dict) and resolved["model"].get("name"):
+        errors.extend(registries.check_model(resolved["model"], build="model" not in bad))
+    if not any(e.startswith("regularizers") for e in errors):
+        errors.extend(registries.check_regularizers(resolved["regularizers"]))
+    if "evaluate" not in bad:
+        errors.extend(registries.check_corruptions(resolved["evaluate"].get("corruptions", {})))
     return resolved, errors or None

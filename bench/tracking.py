@@ -32,6 +32,7 @@ TAG_REASON = "irn.failure_reason"
 TAG_PID = "irn.pid"
 TAG_HOST = "irn.host"
 TAG_DEVICE = "irn.device"
+TAG_THREADS = "irn.threads"  # torch CPU threads the run trained with (part of a CPU run's identity)
 TAG_CELL = "irn.cell"  # the matrix values of the cell, JSON
 TAG_CASE = "irn.case"
 TAG_COMMAND = "irn.command"
@@ -204,6 +205,13 @@ class Tracker:
     def runs_for_hash(self, exp_id: str, spec_hash: str) -> List[Any]:
         return self.search(exp_id, f"tags.`{TAG_HASH}` = '{spec_hash}'")
 
+    def finished_tags(self, exp_id: Optional[str]) -> Dict[str, Dict[str, str]]:
+        """hash -> the tags of its finished cell run."""
+        if exp_id is None:
+            return {}
+        return {r.data.tags[TAG_HASH]: dict(r.data.tags) for r in self.cell_runs(exp_id)
+                if r.info.status == "FINISHED" and r.data.tags.get(TAG_HASH)}
+
     def status_by_hash(self, exp_id: Optional[str]) -> Dict[str, str]:
         """hash -> FINISHED (any finished run), else RUNNING, else FAILED/KILLED."""
         if exp_id is None:
@@ -285,6 +293,15 @@ class Tracker:
                 self.delete(r.info.run_id)
                 n += 1
         return n
+
+    def close_dead_cells(self, exp_id: str, parent_id: str, reason: str = "interrupted") -> None:
+        """Cell runs of ``parent_id`` left RUNNING by a worker that is gone (stopped with SIGKILL after the grace
+        period, so it could not mark its own run) are marked KILLED with ``reason``."""
+        host = socket.gethostname()
+        for r in self.search(exp_id, f"tags.`{PARENT_TAG}` = '{parent_id}' and attributes.status = 'RUNNING'"):
+            if r.data.tags.get(TAG_HOST) == host and not _pid_alive(int(r.data.tags.get(TAG_PID, "0") or 0)):
+                self.set_tags(r.info.run_id, {TAG_REASON: reason})
+                self.finish(r.info.run_id, "KILLED")
 
     def close_stale_parents(self, exp_id: str) -> None:
         """Parent runs of invocations whose process died on this host are marked KILLED."""

@@ -64,12 +64,30 @@ def set_seed(seed: int, deterministic: bool = True) -> None:
         torch.backends.cudnn.benchmark = False
 
 
+def _construct(reg: Registry, name: str, first, cfg: Dict[str, Any]):
+    """``reg``'s class ``name`` built on ``first`` with options ``cfg``; an option whose default is a tuple (Adam's
+    betas) must be a list of as many numbers, and a constructor's own refusal names the options it was given."""
+    cls = reg.get(name)
+    sig = inspect.signature(cls).parameters
+    for key, value in cfg.items():
+        default = sig[key].default if key in sig else None
+        if isinstance(default, tuple) and default and all(isinstance(d, (int, float)) for d in default):
+            ok = isinstance(value, (list, tuple)) and len(value) == len(default) and \
+                all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+            if not ok:
+                raise ValueError(f"{key}: must be a list of {len(default)} numbers like {list(default)} (got {value!r})")
+    try:
+        return cls(first, **cfg)
+    except (TypeError, ValueError, IndexError, KeyError) as e:
+        raise ValueError(f"{reg.kind} {name!r} refuses its options {cfg}: {e}") from None
+
+
 def make_optimizer(params, cfg: Dict[str, Any]) -> torch.optim.Optimizer:
     """``{name: adam|adamw|sgd|rmsprop, lr: ..., **kwargs}`` → torch optimizer."""
     cfg = dict(cfg)
     name = cfg.pop("name", None)
     OPTIMIZERS.check(name, cfg)
-    return OPTIMIZERS.get(name)(params, **cfg)
+    return _construct(OPTIMIZERS, name, params, cfg)
 
 
 @dataclass
@@ -126,7 +144,7 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: Optional[Dict[str, Any]]) ->
     if monitor is not None and name != "plateau":
         raise ValueError("only the plateau scheduler takes a monitor")
     SCHEDULERS.check(name, cfg)
-    return Scheduler(SCHEDULERS.get(name)(opt, **cfg), interval, monitor)
+    return Scheduler(_construct(SCHEDULERS, name, opt, cfg), interval, monitor)
 
 
 def make_loader(dataset: Dataset, batch_size, shuffle: bool, seed: int = 0, num_workers: int = 0,

@@ -94,10 +94,12 @@ def test_smoke_suite_runs_then_rerun_runs_nothing(env):
     sd = torch.load(c.download_artifacts(run.info.run_id, "model/state_dict.pt", str(env)), weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in sd.values())
 
+    n_all = len(runs(_store(env), "smoke", all_states=True))  # the two cells and their parent
     r2 = cli("run", smoke, "--no-report")
     assert r2.exit_code == 0, r2.output
     assert "0 to run, 2 cached" in r2.output
     assert len(runs(_store(env), "smoke")) == 2
+    assert len(runs(_store(env), "smoke", all_states=True)) == n_all == 3  # a cached rerun records nothing
     listing = cli("list", smoke)
     assert listing.exit_code == 0 and listing.output.count("finished") == 2
 
@@ -464,3 +466,33 @@ def test_periodic_evaluation_and_the_window_mean(env):
     last = [m.value for m in hist if m.step > 20 - 9]
     assert len(last) == 3
     assert abs(run.data.metrics["window/test/mse"] - sum(last) / 3) <= 1e-12 * abs(sum(last))
+
+
+def test_jobs_2_runs_two_cells_at_once(env):
+    """--jobs 2 without --executor runs two worker processes: the two cells' MLflow start/end times overlap."""
+    s = fast_suite(env, epochs=60, thetas="[0.0, 0.5]")
+    r = cli("run", s, "--no-report", "--jobs", "2")
+    assert r.exit_code == 0, r.output
+    assert "executor process x2" in r.output
+    cells = runs(_store(env), "fast")
+    assert len(cells) == 2
+    starts = [c.info.start_time for c in cells]
+    ends = [c.info.end_time for c in cells]
+    assert max(starts) < min(ends), (starts, ends)
+
+
+def test_thread_count_is_part_of_a_cpu_runs_identity(env):
+    """CPU kernels reduce in a thread-dependent order: a run records its torch thread count, and a finished run with
+    another count is redone (and replaced) when --threads asks for one; without --threads it is reused."""
+    s = fast_suite(env, epochs=3, thetas="[0.5]")
+    uri = _store(env)
+    assert cli("run", s, "--no-report", "--threads", "2").exit_code == 0
+    (first,) = runs(uri, "fast")
+    assert first.data.tags["irn.threads"] == "2"
+    assert "0 to run, 1 cached" in cli("run", s, "--no-report").output
+    assert "0 to run, 1 cached" in cli("run", s, "--no-report", "--threads", "2").output
+    assert "rerun (recorded with 2 threads)" in cli("run", s, "--dry-run", "--threads", "1").output
+    r = cli("run", s, "--no-report", "--threads", "1")
+    assert r.exit_code == 0 and "1 to run, 0 cached" in r.output, r.output
+    (second,) = runs(uri, "fast")  # replaced, not duplicated
+    assert second.data.tags["irn.threads"] == "1" and second.info.run_id != first.info.run_id

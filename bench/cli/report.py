@@ -19,6 +19,9 @@ def report(suite: Path = typer.Argument(..., help="Suite YAML file."), set_: Lis
     """Render the suite's reports: from its runs in the tracking store to reports/<suite-name>/."""
     from ..report import ReportError, render_suite, report_kinds
 
+    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
+        err.print(f"--out {out_dir}: is a file; give a folder (it is created if missing)", markup=False)
+        raise typer.Exit(2)
     with paths.pinned(suite), write_guard(None, out_dir or paths.reports_dir("report", suite=suite).parent):
         s = load_or_exit(suite, set_, only, None)
         if not s.cfg.reports:

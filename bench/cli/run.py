@@ -56,7 +56,8 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file."),
                                                 "else local)"),
         scheduler: Optional[str] = typer.Option(None, help="dask scheduler address (default: a LocalCluster)."),
         threads: int = typer.Option(0, min=0, help="torch threads per run (0: all cores / jobs). CPU results are "
-                                    "bit-identical only for the same thread count."),
+                                    "bit-identical only for the same thread count: each run records its count, and "
+                                    "a finished run with another count is redone when --threads is given."),
         tracking_uri: Optional[str] = UriOpt,
         force: bool = typer.Option(False, "--force", help="Rerun cells that already finished."),
         dry_run: bool = typer.Option(False, "--dry-run", help="Show what would run; run nothing."),
@@ -78,17 +79,27 @@ def _run(suite, set_, only, seeds, device, jobs, executor, scheduler, threads, t
     tracker = Tracker(tracking_uri)
     exp_id = tracker.experiment_id(s.name)
     tracker.close_stale_parents(exp_id)
-    status = tracker.status_by_hash(exp_id)
-    todo = [sp for sp in s.specs if force or status.get(sp.hash) != "FINISHED"]
+    from ..runner import reusable
+
+    done = tracker.finished_tags(exp_id)
+    redo = {h for h, tags in done.items() if not reusable(tags, dev, threads, threads > 0)}
+    todo = [sp for sp in s.specs if force or sp.hash not in done or sp.hash in redo]
     cached = len(s.specs) - len(todo)
     if dry_run:
-        rows = [(sp.label, sp.hash, "run" if sp in todo else "cached") for sp in s.specs]
+        def action(sp):
+            if sp not in todo:
+                return "cached"
+            return f"rerun (recorded with {done[sp.hash].get('irn.threads')} threads)" if sp.hash in redo and not force \
+                else "run"
+        rows = [(sp.label, sp.hash, action(sp)) for sp in s.specs]
         out.print(status_table(f"{s.name}: dry run — {len(todo)} to run, {cached} cached", rows, ["run", "hash", "action"]))
         raise typer.Exit(0)
 
-    parent = tracker.start_run(exp_id, f"{s.name} {time.strftime('%Y-%m-%d %H:%M:%S')}",
-                               {TAG_ROLE: "parent", TAG_SUITE: s.name, TAG_COMMAND: shlex.join(sys.argv),
-                                TAG_SUITE_FILE: str(Path(suite).resolve())})
+    parent = None  # a rerun with everything cached records nothing: no empty parent run
+    if todo:
+        parent = tracker.start_run(exp_id, f"{s.name} {time.strftime('%Y-%m-%d %H:%M:%S')}",
+                                   {TAG_ROLE: "parent", TAG_SUITE: s.name, TAG_COMMAND: shlex.join(sys.argv),
+                                    TAG_SUITE_FILE: str(Path(suite).resolve())})
     lock_dir = str(paths.results_dir() / "locks")
     show_bars = err.is_terminal  # quiet (one line per run) when not a TTY
     epoch_bars = show_bars and executor == "local"  # per-run epoch bar: only for cells run in this process
@@ -102,7 +113,8 @@ def _run(suite, set_, only, seeds, device, jobs, executor, scheduler, threads, t
     for sp in todo:
         jobs_list.append((sp.config, CellContext(suite=s.name, label=sp.label, spec_hash=sp.hash, tracking_uri=tracker.uri,
                                                  experiment_id=exp_id, parent_run_id=parent, lock_dir=lock_dir, device=dev,
-                                                 force=force, overrides=sp.overrides, threads=threads or None)))
+                                                 force=force, overrides=sp.overrides, threads=threads or None,
+                                                 threads_asked=threads > 0)))
     counts = {"finished": 0, "failed": 0, "cached": cached, "busy": 0}
     results = []
     t0 = time.perf_counter()
@@ -150,14 +162,17 @@ def _run(suite, set_, only, seeds, device, jobs, executor, scheduler, threads, t
             execute([(c, dataclasses.replace(ctx, wait=True)) for c, ctx in jobs_list if ctx.spec_hash in busy],
                     executor=executor, jobs=jobs, scheduler=scheduler, on_result=on_result, on_start=on_start)
     except KeyboardInterrupt:
-        tracker.finish(parent, "KILLED")
+        if parent:
+            tracker.close_dead_cells(exp_id, parent)  # a worker that had to be SIGKILLed could not mark its run
+            tracker.finish(parent, "KILLED")
         err.print("interrupted: finished runs are kept; rerun the same command to resume")
         raise typer.Exit(130)
     finally:
         if progress:
             progress.stop()
     wall = time.perf_counter() - t0
-    tracker.finish(parent, "FAILED" if counts["failed"] else "FINISHED")
+    if parent:
+        tracker.finish(parent, "FAILED" if counts["failed"] else "FINISHED")
 
     rows = [(r.label, r.status, f"{r.wall_time:.1f}", r.reason or "") for r in results]
     out.print(status_table(f"{s.name}: {counts['finished']} finished, {counts['failed']} failed, "
@@ -182,15 +197,21 @@ def _run(suite, set_, only, seeds, device, jobs, executor, scheduler, threads, t
     raise typer.Exit(1 if failed else 0)
 
 
-def ui(tracking_uri: Optional[str] = UriOpt, port: int = typer.Option(5000, help="Port on 127.0.0.1.")):
-    """Start the MLflow UI on 127.0.0.1 against the same store."""
+def ui(tracking_uri: Optional[str] = UriOpt,
+       host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0 exposes the store to the network)."),
+       port: int = typer.Option(5000, min=1, max=65535, help="Port."),
+       workers: int = typer.Option(1, min=1, help="Server worker processes.")):
+    """Start the MLflow UI against the same store (one worker, on 127.0.0.1 unless --host says otherwise)."""
     from ..tracking import artifact_root, resolve_uri
 
     with write_guard():
         uri = resolve_uri(tracking_uri)
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port),
+           "--workers", str(workers)]
     root = artifact_root(uri)
     if root:
         cmd += ["--default-artifact-root", root]
-    err.print(f"MLflow UI on http://127.0.0.1:{port} (store {redact(uri)}); Ctrl-C stops it")
+    err.print(f"MLflow UI on http://{host}:{port} (store {redact(uri)}); Ctrl-C stops it")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")  # MLflow's and its server's deprecation notices: not ours to act on
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")  # else 7 background job consumers (~1.6 GB)
     os.execv(sys.executable, cmd)

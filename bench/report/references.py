@@ -17,17 +17,29 @@ def reference_names() -> List[str]:
 def reference_path(name: str, base: Optional[Path] = None) -> Path:
     """A bundled reference by name (``paper-table-3``) or a CSV path (relative to ``base``, then the cwd)."""
     if name.endswith(".csv") or "/" in name:
-        p = Path(name)
-        if not p.is_absolute() and base is not None and (base / p).exists():
-            return base / p
-        if p.exists():
-            return p
-        raise ValueError(f"reference file {name!r} not found; bundled references: {', '.join(reference_names())}")
+        problem = _path_problem(name)
+        if problem:
+            raise ValueError(problem)
+        for folder in ([base] if base is not None else []) + [Path.cwd()]:
+            if (folder / name).is_file():
+                return folder / name
+        raise ValueError(f"reference file {name!r} not found beside the suite; bundled references: "
+                         f"{', '.join(reference_names())}")
     p = REFERENCE_DIR / f"{name}.csv"
     if not p.exists():
         raise ValueError(f"unknown reference {name!r}; bundled references: {', '.join(reference_names())} "
                          "(or give a path to a .csv)")
     return p
+
+
+def _path_problem(name: str) -> Optional[str]:
+    """Why ``name`` is not an acceptable reference path: a .csv file named relative to the suite's folder, inside it."""
+    p = Path(name)
+    if not name.endswith(".csv"):
+        return f"reference file {name!r}: must be a .csv file"
+    if p.is_absolute() or ".." in p.parts:
+        return f"reference file {name!r}: must be a path relative to the suite's folder, inside it (no '..', not absolute)"
+    return None
 
 
 def load_reference(name: str, base: Optional[Path] = None) -> pd.DataFrame:
@@ -53,7 +65,8 @@ def check_reference(name) -> List[str]:
     if not isinstance(name, str):
         return [f"reference: must be a name ({', '.join(reference_names())}) or a .csv path, got {name!r}"]
     if name.endswith(".csv") or "/" in name:
-        return []  # relative to the suite file: checked when rendering
+        problem = _path_problem(name)  # its presence beside the suite file is checked when rendering
+        return [f"reference: {problem}"] if problem else []
     try:
         reference_path(name)
     except ValueError as e:

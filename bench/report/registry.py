@@ -8,7 +8,7 @@ themselves when :mod:`bench.report` is imported (it imports :mod:`bench.report.k
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from irn_core.registry import Registry, unknown_options
 
@@ -62,6 +62,19 @@ def _as_dict(entry: Any) -> Dict[str, Any]:
     raise ValueError(f"a report entry must be a mapping with a 'kind', got {type(entry).__name__}")
 
 
+def _catalogs(specs: Sequence[Any]) -> List[Any]:
+    """One metric catalog per distinct task and evaluation of the suite's runs."""
+    from ..metrics import metric_catalog
+    from ..suite import canonical_json
+
+    seen: Dict[str, Any] = {}
+    for sp in specs:
+        key = canonical_json([sp.config["task"], sp.config["evaluate"], sp.config["model"]])
+        if key not in seen and len(seen) < 8:
+            seen[key] = metric_catalog(sp.config)
+    return list(seen.values())
+
+
 def resolve_entry(entry: Any) -> Dict[str, Any]:
     """The entry with every option of its kind filled in with its default. Raises ValueError."""
     e = _as_dict(entry)
@@ -84,10 +97,12 @@ def resolve_entry(entry: Any) -> Dict[str, Any]:
     return out
 
 
-def check_reports(reports: Any) -> List[str]:
-    """Validate a suite's ``reports:`` list: 'reports[i]: message' per problem (empty = fine)."""
+def check_reports(reports: Any, specs: Sequence[Any] = ()) -> List[str]:
+    """Validate a suite's ``reports:`` list: 'reports[i]: message' per problem (empty = fine). With the suite's run
+    ``specs``, the per-epoch ``metrics`` a ``training_curves`` entry draws are checked against what the runs log."""
     errors: List[str] = []
     names: Dict[str, int] = {}
+    catalogs = None
     for i, entry in enumerate(reports or []):
         try:
             e = resolve_entry(entry)
@@ -95,6 +110,13 @@ def check_reports(reports: Any) -> List[str]:
             field_ = ".kind" if "report kind" in str(ex) and "unknown report kind" in str(ex) else ""
             errors.append(f"reports[{i}]{field_}: {ex}")
             continue
+        if e["kind"] == "training_curves" and specs and isinstance(e.get("metrics"), list):
+            if catalogs is None:
+                catalogs = _catalogs(specs)
+            for m in e["metrics"]:
+                why = [c.check(str(m), per_epoch=True) for c in catalogs]
+                if all(why):  # logged by no run of the suite
+                    errors.append(f"reports[{i}].metrics: {m!r} is not logged per epoch: {why[0]}")
         if e.get("name"):
             if e["name"] in names:
                 errors.append(f"reports[{i}].name: {e['name']!r} is already used by reports[{names[e['name']]}]")

@@ -123,6 +123,8 @@ def mlp_ode(layer: Optional[Dict[str, Any]] = None, dims: Sequence[int] = (2, 10
     absolute time (see the module docstring).
     """
     kw, field_cfg = split_layer(layer)
+    if not isinstance(dims, (list, tuple)) or len(dims) < 2 or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in dims):
+        raise ValueError(f"dims must be a list of at least 2 positive integers [d, w1, ..., d], got {dims!r}")
     dims = [int(d) for d in dims]
     if dims[0] != dims[-1]:
         raise ValueError(f"mlp_ode dims must start and end with the state size, got {dims}")
