@@ -18,6 +18,7 @@ import random
 import re
 import socket
 import time
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from .locks import exclusive
@@ -106,23 +107,65 @@ def interrupt_handler(signum, frame) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+ENV_LOCK_TIMEOUT = "IRN_STORE_LOCK_TIMEOUT"
+
+
+def _locked(e: BaseException) -> bool:
+    text = str(e).lower()
+    return "database is locked" in text or "database table is locked" in text
+
+
+def _lock_holders(db: Optional[Path]) -> str:
+    """The other processes of this machine that have the database open (Linux /proc), as ' (pid 12: bench run …)'."""
+    if db is None or not Path("/proc").is_dir():
+        return ""
+    found = []
+    target = str(db.resolve())
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            if any(os.readlink(fd) == target for fd in (proc / "fd").iterdir()):
+                cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+                state = next((ln.split()[1] for ln in (proc / "status").read_text().splitlines()
+                              if ln.startswith("State:")), "?")
+                found.append(f"pid {proc.name}{' (stopped)' if state == 'T' else ''}: {redact(cmd)[:80]}")
+    return f" ({'; '.join(found)})" if found else ""
+
+
+def lock_timeout_error(uri: str, waited: float) -> StoreError:
+    db = sqlite_path(uri)
+    return StoreError(f"the tracking store {db or redact(uri)} stayed locked by another process for {waited:.0f} s"
+                      f"{_lock_holders(db)}: a bench stopped with Ctrl-Z or a hung writer holds its write lock. Resume "
+                      f"or end that process, then rerun the same command (what is recorded is kept); "
+                      f"{ENV_LOCK_TIMEOUT} sets how long to wait (now {lock_timeout():g} s)")
+
+
+def lock_timeout() -> float:
+    return float(os.environ.get(ENV_LOCK_TIMEOUT, "120"))
+
+
 def _retry(fn):
-    """Retry a store call when SQLite reports a lock (several processes writing one database); an
-    interrupt arriving during the call is raised when it returns (see :func:`interrupt_handler`)."""
+    """Retry a store call when SQLite reports a lock (several processes writing one database) for up to
+    $IRN_STORE_LOCK_TIMEOUT seconds (default 120), then :class:`StoreError` naming the processes that hold the file;
+    an interrupt arriving during the call is raised when it returns (see :func:`interrupt_handler`)."""
 
     @functools.wraps(fn)
     def wrapper(*a, **kw):
         global _STORE_DEPTH, _PENDING_SIGNAL
         _STORE_DEPTH += 1
         try:
-            delay = 0.05
-            for attempt in range(40):
+            delay, t0 = 0.05, time.monotonic()
+            while True:
                 try:
                     return fn(*a, **kw)
                 except Exception as e:  # noqa: BLE001 - MLflow wraps sqlite errors in several types
-                    text = str(e).lower()
-                    if ("database is locked" not in text and "database table is locked" not in text) or attempt == 39:
+                    if not _locked(e):
                         raise
+                    waited = time.monotonic() - t0
+                    if waited > lock_timeout():
+                        uri = getattr(a[0], "uri", "") if a else ""
+                        raise lock_timeout_error(uri, waited) from None
                     time.sleep(delay * (1 + random.random()))
                     delay = min(delay * 1.5, 2.0)
         finally:
@@ -154,8 +197,7 @@ class Tracker:
         with _store_init_lock(self.uri):  # MLflow creates the tables on first contact: one process at a time
             _create_sqlite_atomically(self.uri)
             try:
-                self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
-                self.init_store()
+                self._connect(MlflowClient)
             except Exception as e:  # noqa: BLE001 - a damaged database: say so instead of SQLAlchemy's traceback
                 text = str(e).lower()
                 if sqlite_path(self.uri) is None or not any(k in text for k in _DAMAGED):
@@ -165,8 +207,13 @@ class Tracker:
                                  "is damaged. Move it away (its runs cannot be read), or point --tracking-uri / "
                                  "IRN_RESULTS at another store") from None
 
-    # ---------------------------------------------------------------- store / experiments
     @_retry
+    def _connect(self, client_cls) -> None:
+        """The client, and the store created or migrated if needed (MLflow reads the schema on construction)."""
+        self.client = client_cls(tracking_uri=self.uri, registry_uri=self.uri)
+        self.init_store()
+
+    # ---------------------------------------------------------------- store / experiments
     def init_store(self) -> None:
         """Create (migrate) the store if needed."""
         self.client.search_experiments(max_results=1)

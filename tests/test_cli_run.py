@@ -496,3 +496,30 @@ def test_thread_count_is_part_of_a_cpu_runs_identity(env):
     assert r.exit_code == 0 and "1 to run, 0 cached" in r.output, r.output
     (second,) = runs(uri, "fast")  # replaced, not duplicated
     assert second.data.tags["irn.threads"] == "1" and second.info.run_id != first.info.run_id
+
+
+def test_a_stopped_process_holding_the_store_lock_gives_a_bounded_clear_error(env, monkeypatch):
+    """A process stopped (SIGSTOP, Ctrl-Z) inside a write transaction holds SQLite's lock: the next command waits
+    $IRN_STORE_LOCK_TIMEOUT seconds, then exits 2 naming the process — it used to die with a raw 'database is
+    locked' traceback after about a minute."""
+    s = fast_suite(env, epochs=1, thetas="[0.5]")
+    assert cli("run", s, "--no-report").exit_code == 0
+    db = env / "results" / "mlflow.db"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import os, signal, sqlite3
+        c = sqlite3.connect({str(db)!r}, isolation_level=None)
+        c.execute("BEGIN EXCLUSIVE")
+        print("locked", flush=True)
+        os.kill(os.getpid(), signal.SIGSTOP)
+        """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        monkeypatch.setenv("IRN_STORE_LOCK_TIMEOUT", "2")
+        r = cli("run", s, "--no-report", "--force")
+        assert r.exit_code == 2, r.output
+        assert "stayed locked" in r.output and f"pid {holder.pid} (stopped)" in r.output, r.output
+        assert "Traceback" not in r.output
+    finally:
+        holder.kill()
+        holder.wait()
+    assert cli("list", s).exit_code == 0  # the lock went with the process; the store is intact

@@ -130,6 +130,13 @@ def write_guard(store: Optional[Path] = None, *files: Optional[Path]) -> Iterato
         raise typer.Exit(2) from None
     except Exception as e:  # noqa: BLE001 - only out-of-space errors are handled; the rest re-raised
         cause = paths.no_space(e)
+        dbs = [f for f in (*files, store) if f is not None and Path(f).suffix == ".db"]
+        if cause is None and dbs and "database is locked" in str(e).lower():
+            from ..tracking import lock_timeout, lock_timeout_error  # an SQLite store (e.g. Optuna's) stayed locked
+
+            for db in dict.fromkeys(dbs):
+                err.print(f"error: {lock_timeout_error(f'sqlite:///{db}', lock_timeout())}", markup=False)
+            raise typer.Exit(2) from None
         if cause is None:
             raise
         if getattr(cause, "filename", None):

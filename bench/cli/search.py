@@ -56,8 +56,10 @@ def search(suite: Path = typer.Argument(..., help="Suite YAML file with a search
         from ..search.storage import default_storage, is_rdb, journal_path
 
         url = storage or default_storage()
+        from ..paths import sqlite_path
+
         with write_guard(store_file(tracking_uri),
-                         None if is_rdb(url) else Path(journal_path(url)), paths.results_dir()):
+                         sqlite_path(url) if is_rdb(url) else Path(journal_path(url)), paths.results_dir()):
             code = _search(suite, url, study, n_trials, timeout, jobs, ex, scheduler, device, set_, only, seeds,
                            tracking_uri, export, export_only, figures, dry_run, quiet, repair_storage)
     raise typer.Exit(code)

@@ -54,7 +54,11 @@ def open_storage(url: str):
         db = sqlite_path(url)
         if db is not None:
             db.parent.mkdir(parents=True, exist_ok=True)
-            kw["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+            from ..tracking import lock_timeout
+
+            # SQLite's busy wait: a process holding the write lock (stopped, hung) makes us fail after this, with the
+            # command's message (bench.cli.common.write_guard) instead of hanging
+            kw["engine_kwargs"] = {"connect_args": {"timeout": lock_timeout()}}
         # Optuna creates the tables on first contact; two processes doing it at once on a new SQLite file race
         with exclusive(None if db is None else f"{db}.init.lock"), warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
