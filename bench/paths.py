@@ -53,8 +53,10 @@ def data_root(root: Optional[str | Path] = None, suite: Optional[str | Path] = N
 
 
 def reports_dir(suite_name: str, out: Optional[str | Path] = None, suite: Optional[str | Path] = None) -> Path:
-    """``--out``, else ``<project>/reports/<suite name>``."""
-    return Path(out) if out is not None else project_root(suite) / "reports" / suite_name
+    """``--out``, else ``<results>/reports/<suite name>``: generated reports stay beside the store (git-ignored), so
+    running a suite never modifies a committed file; the committed examples under ``reports/`` are rendered with an
+    explicit ``--out``."""
+    return Path(out) if out is not None else results_dir(suite) / "reports" / suite_name
 
 
 class StoreError(RuntimeError):

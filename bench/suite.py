@@ -113,6 +113,7 @@ class SuiteCfg(_Strict):
     exclude: List[Dict[str, Any]] = []
     reports: List[ReportCfg] = []
     search: Optional[Dict[str, Any]] = None  # checked by bench.search (Optuna studies)
+    claims: Optional[List[Any]] = None  # the papers' claims, decided by the report (bench.report.claims)
 
     @field_validator("schema_version")
     @classmethod
@@ -406,6 +407,8 @@ def load_suite(path: str | Path, sets: List[str] = (), only: List[str] = (), see
                           + (", …" if len(labelled) > 3 else "") + ")")
     if validate_registries and cfg.reports and "reports" in section_checks:
         errors.extend(section_checks["reports"](cfg.reports, specs))
+    if cfg.claims is not None and "claims" in section_checks:
+        errors.extend(section_checks["claims"](cfg.claims, specs))
     if cfg.search is not None and not errors and "search" in section_checks:
         errors.extend(section_checks["search"](cfg, raw, specs))
     if errors:

@@ -32,7 +32,7 @@ def test_resolution_order(tmp_path, monkeypatch):
     assert paths.project_root(None) == elsewhere
     assert paths.results_dir(suite) == proj / "results"
     assert paths.data_root(None, suite) == proj / "results" / "data"
-    assert paths.reports_dir("tiny", suite=suite) == proj / "reports" / "tiny"
+    assert paths.reports_dir("tiny", suite=suite) == proj / "results" / "reports" / "tiny"  # never a committed file
     assert paths.store_uri(None, suite) == f"sqlite:///{proj / 'results' / 'mlflow.db'}"
     (tmp_path / "other").mkdir()
     monkeypatch.setenv(paths.ENV_RESULTS, str(tmp_path / "other"))  # environment beats the project

@@ -64,6 +64,11 @@ reports:
   - {kind: decision_regions, where: {case: spirals}}
   - {kind: accuracy_vs_noise, where: {case: digits}, reference: [paper-table-3, authors-mnist-e831e4c],
      reference_case: digits, stats: ci95, claims: monotone}
+claims:
+  - {name: robust, kind: monotone, metric: corruption/gaussian/0.3/top1, over: model.layer.theta,
+     where: {case: digits}, text: "top-1 under noise grows with theta", source: "journal Table 3"}
+  - {kind: greater, metric: final/test/mse, a: {case: ex1, model.layer.theta: 0.0}, b: {case: ex1, model.layer.theta: 1.0},
+     text: "explicit worse than implicit"}
 """
 
 DEPTH = """
@@ -377,8 +382,10 @@ def test_defaults_alone_work_and_empty_store_is_noted(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     out = render_suite(load_suite(s), tracking_uri=uri)
-    assert out == tmp_path / "reports" / "tiny"  # the suite's project (here: no marker above it, so the cwd)
-    assert (tmp_path / "reports" / "tiny" / "01-training_curves.png").exists()
+    from bench import paths
+
+    assert out == paths.results_dir(s) / "reports" / "tiny"  # beside the store, git-ignored
+    assert (out / "01-training_curves.png").exists()
     # a store without the suite's runs must not overwrite that report: exit 2, every file unchanged
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     from bench.tracking import Tracker
@@ -428,7 +435,12 @@ def test_one_seed_report_has_no_plus_minus_and_says_1_seed(store, tmp_path):
     assert res.exit_code == 0, res.output
     md = (out / "08-accuracy_vs_noise-top1.md").read_text() + (out / "08-accuracy_vs_noise-top2.md").read_text()
     assert "±" not in md
-    assert "mean over 1 seed (no ± from one seed)" in (out / "index.md").read_text()
+    index = (out / "index.md").read_text()
+    assert "mean over 1 seed (no ± from one seed)" in index
+    results = index.split("## Results")[1].split("## Contents")[0]
+    assert "±" not in results and "| 1 seed |" in results
+    claims = pd.read_csv(out / "claims.csv")
+    assert list(claims["verdict"]) == ["inconclusive", "inconclusive"] and set(claims["n"]) <= {0, 1}
     claim = pd.read_csv(out / "08-accuracy_vs_noise-claim-monotone.csv")
     assert set(claim["verdict"]) == {"inconclusive"} and set(claim["n_seeds"]) == {1}
 
@@ -516,3 +528,25 @@ def test_bundled_table_5_4_matches_the_spec():
     got = {(t, v, int(d), c): float(x) for t, v, d, c, x in
            zip(ref["task"], ref["model.variant"], ref["depth"], ref["condition"], ref["value"])}
     assert len(want) == 70 and got == want
+
+
+def test_the_report_opens_with_claims_and_a_results_table_from_the_logged_metrics(store):
+    """Claims and results come before the contents; each results cell is the mean ± std [95 % t-interval] of the
+    logged final metric over the cell's two seeds; each claim's verdict is the paired-by-seed rule's."""
+    from bench.report.kinds._common import verdict
+
+    index = (store["out"] / "index.md").read_text()
+    assert index.index("## Claims") < index.index("## Results") < index.index("## Contents")
+    runs, _ = _runs(store["uri"], "rtest")
+    by = {}
+    for r in runs:
+        if r.data.tags.get("irn.case") == "ex1":
+            by.setdefault(_theta(r), {})[int(r.data.params["seed"])] = r.data.metrics["final/test/mse"]
+    res = pd.read_csv(store["out"] / "results.csv")
+    row = res[res["cell"] == "case=ex1 theta=0.0"].iloc[0]
+    vals = list(by[0.0].values())
+    m, sd = statistics.mean(vals), statistics.stdev(vals)
+    assert row["n"] == "2 seeds" and row["final/test/mse"].startswith(f"{m:.4g} ± {sd:.2g} [")
+    claims = pd.read_csv(store["out"] / "claims.csv")
+    greater = claims[claims["kind"] == "greater"].iloc[0]
+    assert greater["verdict"] == verdict([by[0.0][s] - by[1.0][s] for s in (0, 1)])[0] and greater["n"] == 2

@@ -26,7 +26,7 @@ class ReportError(ValueError):
 
 
 def default_out_dir(suite) -> Path:
-    """``reports/<suite name>`` in the project the suite file belongs to (:func:`bench.paths.reports_dir`)."""
+    """``<results>/reports/<suite name>`` (:func:`bench.paths.reports_dir`)."""
     return reports_dir(suite.name, suite=suite.path or None)
 
 
@@ -156,6 +156,9 @@ def _write_index(stage: Path, out: Path, suite, data, sections: List[Section]) -
            f"Regenerate: `{regen}` (the store: `--tracking-uri`, `IRN_TRACKING_URI` or `IRN_RESULTS`).", ""]
     if data.notes:
         md += ["**Notes**", ""] + [f"- {t}" for t in data.notes] + [""]
+    heads = _head_tables(stage, suite, data)
+    for title, caption, table in heads:
+        md += [f"## {title}", "", f"*{caption}*", "", to_markdown(table), ""]
     md += ["## Contents", ""] + [f"{i + 1}. [{s.title}](#{_anchor(s)})" for i, s in enumerate(sections)] + [""]
     hx = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>Report: {html.escape(suite.name)}</title>",
           "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
@@ -171,6 +174,8 @@ def _write_index(stage: Path, out: Path, suite, data, sections: List[Section]) -
     hx.append(f"<p>Regenerate: <code>{html.escape(regen)}</code></p>")
     if data.notes:
         hx.append("<div class=\"note\"><b>Notes</b><ul>" + "".join(f"<li>{html.escape(t)}</li>" for t in data.notes) + "</ul></div>")
+    for title, caption, table in heads:
+        hx += [f"<h2>{html.escape(title)}</h2>", f'<p class="caption">{html.escape(caption)}</p>', to_html(table)]
     hx.append("<h2>Contents</h2><ol>" + "".join(f'<li><a href="#{_anchor(s)}">{html.escape(s.title)}</a></li>' for s in sections) + "</ol>")
     for s in sections:
         md += [f"## {s.title}", ""]
@@ -199,6 +204,62 @@ def _write_index(stage: Path, out: Path, suite, data, sections: List[Section]) -
     hx += ['<h2 id="runs">Runs</h2>', to_html(runs), "</body></html>"]
     (stage / "index.md").write_text("\n".join(md) + "\n")
     (stage / "index.html").write_text("\n".join(hx) + "\n")
+
+
+def _head_tables(stage: Path, suite, data):
+    """What the report opens with: the claims of the suite with their verdicts, and the results table (one row per
+    cell: n seeds, each final metric as mean ± sd and its 95 % t-interval, or the single value for one seed). Also
+    written as claims.csv and results.csv."""
+    from .claims import evaluate_claims
+
+    out = []
+    if suite.cfg.claims:
+        claims = evaluate_claims(suite.cfg.claims, data, Path(suite.path).parent)
+        claims.to_csv(stage / "claims.csv", index=False)
+        counts = claims["verdict"].value_counts().to_dict()
+        out.append(("Claims", f"{len(claims)} claim(s) of the papers checked on these runs: {counts.get('holds', 0)} "
+                    f"hold, {counts.get('fails', 0)} fail, {counts.get('inconclusive', 0)} inconclusive. Differences are "
+                    "paired by seed with a 95 % Student-t interval; one seed gives no interval and so no verdict.",
+                    claims.drop(columns=["kind"])))
+    results = results_table(data)
+    if not results.empty:
+        results.to_csv(stage / "results.csv", index=False)
+        multi = (data.runs[data.runs["status"] == "finished"].groupby("cell").size() > 1).any()
+        caption = ("One row per cell; n = finished seeds of the cell. Mean ± sample std [95 % Student-t interval] "
+                   "when n ≥ 2; the single value when n = 1 (no spread is known)." if multi else
+                   "One row per cell, 1 seed each: the value of that run (one seed gives no spread and no interval).")
+        out.append(("Results", caption, results))
+    return out
+
+
+def results_table(data):
+    """Per cell: n seeds and every ``final/`` and ``window/`` metric, formatted honestly for n."""
+    import pandas as pd
+
+    from .kinds._common import t_interval
+
+    runs = data.runs
+    if runs.empty:
+        return pd.DataFrame()
+    metrics = [c for c in runs.columns if c.startswith(("final/", "window/"))]
+    rows = []
+    for cell, grp in runs.groupby("cell", sort=False):
+        fin = grp[grp["status"] == "finished"]
+        k = len(fin)
+        row = {"cell": cell or "all runs",
+               "n": f"{k} seed{'' if k == 1 else 's'}" + (f" of {len(grp)}" if k != len(grp) else "")}
+        for m in metrics:
+            vals = fin[m].dropna().tolist() if m in fin else []
+            mean, hw, n = t_interval(vals)
+            if n == 0:
+                row[m] = "–"
+            elif n == 1:
+                row[m] = f"{mean:.4g}"
+            else:
+                sd = float(pd.Series(vals).std(ddof=1))
+                row[m] = f"{mean:.4g} ± {sd:.2g} [{mean - hw:.4g}, {mean + hw:.4g}]"
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["cell", "n", *metrics])
 
 
 def _anchor(s: Section) -> str:
