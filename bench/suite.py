@@ -24,6 +24,7 @@ from typing import Annotated, Any, Callable, Dict, List, Literal, Optional, Tupl
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .canonical import canonical_layer, canonical_numbers, value_errors
+from .messages import pydantic_errors as _pydantic_errors
 from .suitefile import SuiteError, deep_merge, get_path, parse_assignment, read_yaml, set_path
 
 SCHEMA_VERSION = 1
@@ -146,7 +147,6 @@ class SuiteCfg(_Strict):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        import re
 
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", v):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {v!r}")
@@ -161,49 +161,9 @@ class SuiteCfg(_Strict):
         return v
 
 
-def _fmt_loc(loc) -> str:
-    return ".".join(str(p) for p in loc) if loc else "(top level)"
-
-
-_UNION_TAG = re.compile(r"^(constrained-\w+|literal\[.*\]|int|float|str|bool|none|list\[.*\]|dict\[.*\]|function-\w+\[.*\])$")
-
-
 def pydantic_errors(e: ValidationError, prefix: str = "") -> List[str]:
-    """One line per problem, the field path first; the branches of a union field (``batch_size``: an integer ≥ 1
-    or 'full') joined into one line."""
-    out: List[str] = []
-    merged: Dict[str, int] = {}
-    for err in e.errors():
-        raw_loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and _UNION_TAG.match(p)))
-        loc = _fmt_loc(raw_loc)
-        msg = err["msg"]
-        if raw_loc != tuple(err["loc"]) and err["type"] != "extra_forbidden":
-            msg = msg.replace("Input should be ", "")
-            if loc in merged:  # another branch of the same union field
-                i = merged[loc]
-                head, _, got = out[i].rpartition(" (got ")
-                out[i] = f"{head} or {msg} (got {got}" if got else f"{out[i]} or {msg}"
-                continue
-            msg = "must be " + msg
-            merged[loc] = len(out)
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-            parent = tuple(p for p in prefix.rstrip(".").split(".") if p) + tuple(err["loc"][:-1])
-            allowed = _allowed_keys(parent)
-            if allowed:
-                import difflib
-
-                close = difflib.get_close_matches(str(err["loc"][-1]), allowed, n=1)
-                msg += (f" (did you mean {close[0]!r}?)" if close else "") + f"; allowed in {'.'.join(map(str, parent)) or 'the suite'}: {', '.join(allowed)}"
-        elif err["type"] == "literal_error":
-            msg = msg.replace("Input should be", "must be")
-        elif err["type"] == "value_error":
-            msg = msg.removeprefix("Value error, ")
-        value = err.get("input")
-        shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
-        got = "" if err["type"] in ("missing",) or isinstance(value, dict) or "got" in msg else f" (got {shown})"
-        out.append(f"{prefix}{loc}: {msg}{got}")
-    return out
+    """:func:`bench.messages.pydantic_errors` with the keys allowed in each section of a suite."""
+    return _pydantic_errors(e, prefix, _allowed_keys)
 
 
 _SECTIONS = {(): SuiteCfg, ("evaluate",): EvaluateCfg, ("train",): TrainCfg, ("model",): ModelCfg}

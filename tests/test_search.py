@@ -384,3 +384,39 @@ def test_concurrent_first_opens_of_a_new_sqlite_storage_do_not_race(tmp_path):
                               text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}) for _ in range(4)]
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0] * 4, outs
+
+
+def test_a_search_worker_killed_by_sigkill_fails_its_own_trial_and_the_study_completes(tmp_path, env):
+    """The OOM killer takes one of two search workers mid-trial: that trial ends FAIL (stale, not counted) with its
+    MLflow run FAILED and the reason; the pool is rebuilt and the study still reaches n counted trials."""
+    n = 4
+    suite = _suite(tmp_path, train__epochs=400, search__n_trials=n)
+    p = _spawn(env, suite, "--jobs", "2")
+    victim = None
+    try:
+        def training():
+            nonlocal victim
+            try:
+                _, _, trial_runs = _trial_runs(env)
+            except Exception:  # noqa: BLE001 - store or experiment not created yet
+                return False
+            busy = [r for r in trial_runs if r.info.status == "RUNNING" and "train/loss" in r.data.metrics]
+            if busy:
+                victim = (int(busy[0].data.tags["irn.pid"]), int(busy[0].data.tags["irn.trial_number"]))
+            return bool(busy)
+
+        assert _wait_for(training, timeout=240, step=0.5), "no trial ever trained"
+        assert victim[0] in _children(p.pid)
+        os.kill(victim[0], signal.SIGKILL)
+        out, _ = p.communicate(timeout=600)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 0, out
+    study = _study(env)
+    killed = [t for t in study.trials if t.number == victim[1]][0]
+    assert killed.state.name == "FAIL" and killed.user_attrs.get(OUTCOME) == "stale"
+    assert len(_counted(study)) == n and not [t for t in study.trials if t.state.name == "RUNNING"]
+    _, _, runs = _trial_runs(env)
+    (run,) = [r for r in runs if int(r.data.tags["irn.trial_number"]) == victim[1]]
+    assert run.info.status == "FAILED" and "worker died" in run.data.tags["irn.failure_reason"]
