@@ -550,3 +550,19 @@ def test_the_report_opens_with_claims_and_a_results_table_from_the_logged_metric
     claims = pd.read_csv(store["out"] / "claims.csv")
     greater = claims[claims["kind"] == "greater"].iloc[0]
     assert greater["verdict"] == verdict([by[0.0][s] - by[1.0][s] for s in (0, 1)])[0] and greater["n"] == 2
+
+
+def test_the_papers_depth_claim_read_in_its_own_table_5_4():
+    """SPEC §4: Table 5.4 has exceptions to "accuracy grows with depth" — e.g. ResNet-D, CIFAR-10, structured δ2:
+    41.24 → 35.18 → 32.07 → 40.25. The reading finds it, and every row it calls monotone is monotone."""
+    from bench.report.kinds.depth_vs_accuracy import depth_claim_in_table
+    from bench.report.references import load_reference
+
+    t = depth_claim_in_table(load_reference("paper-table-5-4"))
+    row = t[(t["task"] == "cifar10") & (t["variant"] == "D") & (t["condition"] == "structured delta2")].iloc[0]
+    assert row["accuracy (%)"] == "41.24 → 35.18 → 32.07 → 40.25"
+    assert row["grows with depth"].startswith("no (drops 18→36, 36→54")
+    for _, r in t.iterrows():
+        vals = [float(v) for v in r["accuracy (%)"].split(" → ")]
+        assert (r["grows with depth"] == "yes") == all(b >= a for a, b in zip(vals, vals[1:]))
+    assert 0 < (t["grows with depth"] != "yes").sum() < len(t)

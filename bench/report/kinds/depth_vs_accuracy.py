@@ -29,7 +29,37 @@ def _check(e):
     errs = [] if isinstance(e["metric"], str) else [f"metric: must be a metric name such as top1 (got {e['metric']!r})"]
     if e.get("clean") not in ("final", "window"):
         errs.append(f"clean: must be final or window (got {e.get('clean')!r})")
-    return errs + check_reference(e.get("reference"))
+    return errs + check_reference(e.get("reference")) + [f"paper_claim: {x}" for x in check_reference(e.get("paper_claim"))]
+
+
+def depth_claim_in_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The paper's claim "accuracy grows with depth" read in its own table (task, model.variant, depth, condition,
+    value): per (task, variant, condition) the values by depth and whether they rise at every step. The paper gives
+    one number per cell (no seeds), so this is a reading of its table, not a statistical test."""
+    rows = []
+    for (task, variant, cond), g in table.groupby(["task", "model.variant", "condition"], sort=False):
+        g = g.sort_values("depth")
+        vals = [float(v) for v in g["value"]]
+        drops = [f"{int(a)}→{int(b)}" for a, b, x, y in zip(g["depth"][:-1], g["depth"][1:], vals[:-1], vals[1:]) if y < x]
+        rows.append({"task": task, "variant": variant, "condition": cond,
+                     "depths": " / ".join(str(int(d)) for d in g["depth"]), "accuracy (%)": " → ".join(f"{v:.2f}" for v in vals),
+                     "grows with depth": "yes" if not drops else "no (drops " + ", ".join(drops) + ")"})
+    return pd.DataFrame(rows)
+
+
+def _paper_claim(ctx, e) -> None:
+    from ..references import load_reference
+
+    ref = load_reference(e["paper_claim"])
+    need = {"task", "model.variant", "depth", "condition", "value"}
+    if not need <= set(ref.columns):
+        ctx.note(f"paper_claim {e['paper_claim']!r} lacks column(s) {', '.join(sorted(need - set(ref.columns)))}.")
+        return
+    t = depth_claim_in_table(ref)
+    n_no = int((t["grows with depth"] != "yes").sum())
+    ctx.table(t, None, "paper-claim", f"The paper's depth claim read in its own {e['paper_claim']}: accuracy grows with "
+              f"depth in {len(t) - n_no} of {len(t)} (task, variant, condition) rows and not in {n_no} (one number per "
+              "cell in the paper: no seeds, no interval).")
 
 
 def _ref_value(ref, task, variant, depth, metric) -> float:
@@ -42,13 +72,14 @@ def _ref_value(ref, task, variant, depth, metric) -> float:
 
 @register_report("depth_vs_accuracy",
                  {"rows": None, "cols": "model.variant", "metric": "top1", "corruptions": None, "scale": 100.0,
-                  "decimals": 2, "reference": None, "clean": "final"},
+                  "decimals": 2, "reference": None, "clean": "final", "paper_claim": None},
                  doc="Table 5.3/5.4 layout: per variant (cols) and depth (rows), clean accuracy and accuracy under "
                      "each corruption severity (mean ± std over seeds), per task; plus accuracy vs depth. "
                      "reference: paper-table-5-3 (or a CSV with task, model.variant, depth, metric, value) puts the "
                      "paper's clean accuracy and the difference beside ours. clean: final (the last step's model) | "
                      "window (the mean of the periodic test evaluations over the last window, the paper's metric; "
-                     "needs evaluate.periodic)",
+                     "needs evaluate.periodic). paper_claim: paper-table-5-4 checks the paper's own claim "
+                     "'accuracy grows with depth' in every (task, variant, condition) row of that table",
                  check=_check)
 def render(ctx, e):
     data = ctx.data
@@ -118,10 +149,14 @@ def render(ctx, e):
                d.get("depth") for d in disp) else "") + ": clean test set"
            + (" (mean of the periodic evaluations over the last window of steps, as the paper)" if e["clean"] == "window"
               else " (the last step's model)")
-           + " and perturbed test sets (the last step's model); mean ± std over seeds"
+           + " and perturbed test sets (the last step's model); "
+           + (f"mean ± std over {int(numdf['n_seeds'].min())}–{int(numdf['n_seeds'].max())} seeds"
+              if len(numdf) and numdf["n_seeds"].max() > 1 else "1 seed per cell (no ±)")
            + (f"; 'paper' = {e['reference']} (clean), Δ = ours − paper" if ref is not None else "") + ".")
     ctx.table(pd.DataFrame(disp), numdf, "", cap)
     _figure(ctx, numdf, cols_key, rows_key, m, scale)
+    if e["paper_claim"]:
+        _paper_claim(ctx, e)
 
 
 def _status(rows):
