@@ -338,6 +338,12 @@ class NEMONLayer(ImplicitLayer, nn.Module):
         self.solver = NONLINEAR_SOLVERS.resolve(solver or {"name": "picard_average", "tol": 1e-6, "max_iter": 300})
         self.backward_solver = LINEAR_SOLVERS.resolve(backward or DEFAULT_BACKWARD)
         self._configure_reporting(on_nonconvergence, None)
+        self.alpha_state: Dict[str, float] = {}  # nemon_average's α, kept across batches and epochs (the authors')
+
+    def _solve(self, g, x0):
+        if self.solver.name == "nemon_average":
+            return self.solver(g, x0, state=self.alpha_state)
+        return self.solver(g, x0)
 
     @staticmethod
     def _g(x, A, Bu, act):
@@ -350,7 +356,7 @@ class NEMONLayer(ImplicitLayer, nn.Module):
             A = A_mod()
             Bu = self.B(u)
             x0 = torch.zeros_like(Bu)
-            x, st = self.solver(lambda x: self._g(x, A, Bu, act), x0)
+            x, st = self._solve(lambda x: self._g(x, A, Bu, act), x0)
         if not bool(torch.isfinite(x).all()):
             raise SolverError(f"{self.layer_name}: forward solve returned NaN/Inf")
         self._fwd, self._bwd = [st], [None]
@@ -388,3 +394,79 @@ class NEMONLayer(ImplicitLayer, nn.Module):
     def lipschitz_bound(self) -> torch.Tensor:
         """‖DB‖∞‖CD⁻¹‖∞ / (1 − μ∞(DAD⁻¹)⁺) (input–output, differentiable)."""
         return nemon_lipschitz_bound(self.A(), self.B.weight, None if self.C is None else self.C.weight, self.A.d)
+
+
+class NEMONConvLayer(NEMONLayer):
+    """The authors' convolutional NEMON (AUTHORS-CODE §7, NEmon.py:119-198): on an image zero-padded by 1,
+    z = ρ(Wz + Ux), U = Conv2d(C_in, C, k) with circular padding, W z = (m − max|Â|·C) z + Â ⊛ z (circular, k×k),
+    Â = g·A/‖A‖_F with a learnable scalar g (init 1), ρ = ReLU then a zeroed ``border``-pixel frame; output: the
+    equilibrium z (B, C, H + 2, W + 2). Forward from z = 0 with ``solver`` (default the authors' nemon_average,
+    α₀ = 0.5); backward by the implicit-function theorem like :class:`NEMONLayer`."""
+
+    def __init__(self, in_channels: int, channels: int = 64, kernel: int = 5, m: float = 0.0, border: int = 2,
+                 solver: Optional[Union[str, Dict[str, Any]]] = None,
+                 backward: Optional[Union[str, Dict[str, Any]]] = None, on_nonconvergence: str = "warn"):
+        nn.Module.__init__(self)
+        if not m < 1.0:
+            raise ValueError(f"NEMON needs m < 1, got {m}")
+        if kernel % 2 != 1:
+            raise ValueError(f"kernel must be odd (circular 'same' padding), got {kernel}")
+        self.m, self.border, self.pad, self.channels = float(m), int(border), kernel // 2, int(channels)
+        self.U = nn.Conv2d(in_channels, channels, kernel)
+        self.A = nn.Parameter(nn.Conv2d(channels, channels, kernel, bias=False).weight.detach().clone())
+        self.g = nn.Parameter(torch.ones(()))
+        self.C = None
+        self.solver = NONLINEAR_SOLVERS.resolve(solver or {"name": "nemon_average", "alpha": 0.5})
+        self.backward_solver = LINEAR_SOLVERS.resolve(backward or DEFAULT_BACKWARD)
+        self._configure_reporting(on_nonconvergence, None)
+        self.alpha_state = {}
+
+    def _circ(self, z, w):
+        p = self.pad
+        return F.conv2d(F.pad(z, (p, p, p, p), mode="circular"), w)
+
+    def weight(self, A=None, g=None) -> torch.Tensor:
+        """Â = g·A/‖A‖_F."""
+        A = self.A if A is None else A
+        return (self.g if g is None else g) * A / torch.linalg.vector_norm(A)
+
+    def _g_conv(self, z, A_eff, Ux):
+        wz = (self.m - A_eff.abs().max() * self.channels) * z + self._circ(z, A_eff)
+        out = torch.relu(wz + Ux)
+        b = self.border
+        if b:
+            out = F.pad(out[..., b:-b, b:-b], (b, b, b, b))
+        return out
+
+    def equilibrium(self, u: torch.Tensor) -> torch.Tensor:
+        u = F.pad(u, (1, 1, 1, 1))  # the authors' zero padding by 1 (28 -> 30)
+        params = [u, self.A, self.g, self.U.weight, self.U.bias]
+        with torch.no_grad():
+            A_eff, Ux = self.weight(), self._circ(u, self.U.weight) + self.U.bias.view(1, -1, 1, 1)
+            z, st = self._solve(lambda z: self._g_conv(z, A_eff, Ux), torch.zeros_like(Ux))
+        if not bool(torch.isfinite(z).all()):
+            raise SolverError(f"{self.layer_name}: forward solve returned NaN/Inf")
+        self._fwd, self._bwd = [st], [None]
+        self._report(st, "forward")
+        if not torch.is_grad_enabled() or not any(t.requires_grad for t in params):
+            return z
+
+        def phi(_x, y):  # Φ(·, y) = ρ(Wy + Ux) rebuilt from exactly this forward's tensors
+            u_, A_, g_, Uw, Ub = params
+            return self._g_conv(y, self.weight(A_, g_), self._circ(u_, Uw) + Ub.view(1, -1, 1, 1))
+
+        def backward_solve(Aop, b):
+            v, st_b = self.backward_solver(Aop, b)
+            if not bool(torch.isfinite(v).all()):
+                raise SolverError(f"{self.layer_name}: backward solve ({st_b.solver}) returned NaN/Inf")
+            return v, st_b
+
+        def on_stats(st_b):
+            self._bwd[0] = st_b
+            self._report(st_b, "backward")
+
+        problem = StepProblem(phi=phi, h=1.0, y=z, params=params, backward_solve=backward_solve, on_stats=on_stats)
+        return ImplicitStep.apply(problem, z.new_zeros(()), *params)
+
+    def lipschitz_bound(self) -> torch.Tensor:
+        raise NotImplementedError("the conv NEMON's bound is the authors' FFT form (disabled in their runs)")

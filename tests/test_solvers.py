@@ -115,7 +115,7 @@ def test_divergence_is_reported_not_raised():
 
 
 def test_registry_errors_list_valid_choices():
-    with pytest.raises(ValueError, match=r"unknown nonlinear solver 'broyden'; valid: anderson, fixed_point, lbfgs, newton_krylov"):
+    with pytest.raises(ValueError, match=r"unknown nonlinear solver 'broyden'; valid: anderson, fixed_point, lbfgs, nemon_average, newton_krylov"):
         NONLINEAR_SOLVERS.resolve("broyden")
     with pytest.raises(ValueError, match=r"unknown option\(s\) 'memory' for nonlinear solver 'anderson'; valid: .*\bm\b"):
         NONLINEAR_SOLVERS.resolve({"name": "anderson", "memory": 5})

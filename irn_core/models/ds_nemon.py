@@ -127,7 +127,7 @@ def _paper_init(net: nn.Module) -> None:
     nn.init.trunc_normal_(net.head[2].weight, std=0.02, a=-0.04, b=0.04)
 
 
-KINDS = ("dense", "conv")
+KINDS = ("dense", "conv", "conv_equilibrium")
 
 
 def nemon(layer: Optional[Dict[str, Any]] = None, kind: str = "dense", hidden: int = 100, channels: int = 64,
@@ -135,7 +135,11 @@ def nemon(layer: Optional[Dict[str, Any]] = None, kind: str = "dense", hidden: i
           activation: str = "relu", learn_d: bool = True,
           normalize: Optional[Dict[str, Sequence[float]]] = None) -> nn.Module:
     """NEMON classifier. Options: ``layer`` (solver, backward, on_nonconvergence only — NEMON is not a
-    θ-method; its default solver is the average iteration picard_average); ``kind`` dense | conv;
+    θ-method; its default solver is the average iteration picard_average); ``kind`` dense (the authors' FC model) |
+    conv (a conv stem into the dense equilibrium: NOT the authors' model, kept for the runs that used it) |
+    conv_equilibrium (the authors' conv model: :class:`~irn_core.variants.NEMONConvLayer` with ``channels`` (64 MNIST,
+    81 CIFAR) and 5×5 circular kernels on the image padded by 1, then avg-pool 4 → Linear; default solver the
+    authors' nemon_average with α₀ = 0.5);
     ``hidden`` equilibrium units (100); ``channels`` (64) and ``pool`` (output side of the pooling) of
     the conv injection; ``in_channels``; ``image_size``; ``num_classes``; ``m`` (μ∞ bound, < 1);
     ``activation``; ``learn_d``; ``normalize``."""
@@ -146,6 +150,11 @@ def nemon(layer: Optional[Dict[str, Any]] = None, kind: str = "dense", hidden: i
     if bad:
         raise ValueError(f"nemon is not a θ-method: layer option(s) {', '.join(bad)} do not apply; "
                          "valid: solver, backward, on_nonconvergence")
+    if kind == "conv_equilibrium":
+        body = variants.NEMONConvLayer(in_channels, channels, 5, m=m, **kw)
+        side = (image_size + 2) // 4
+        head = nn.Sequential(nn.AvgPool2d(4), nn.Flatten(), nn.Linear(channels * side * side, num_classes))
+        return _Net(make_normalize(normalize), nn.Identity(), body, head)
     if kind == "dense":
         stem = nn.Flatten()
         n_in = in_channels * image_size * image_size

@@ -10,11 +10,11 @@ from .nonlinear import (
     newton_krylov,
     register_nonlinear,
 )
-from .average import picard_average  # registers "picard_average" (NEMON's average iteration)
+from .average import nemon_average, picard_average  # registers "picard_average", "nemon_average" (NEMON)
 
 __all__ = [
     "Registry", "SolverError", "SolverSpec", "SolverStats", "batch_norm",
     "NONLINEAR_SOLVERS", "register_nonlinear", "get_nonlinear",
-    "fixed_point", "anderson", "lbfgs", "newton_krylov", "picard_average",
+    "fixed_point", "anderson", "lbfgs", "newton_krylov", "picard_average", "nemon_average",
     "LINEAR_SOLVERS", "register_linear", "get_linear", "neumann", "gmres", "direct",
 ]

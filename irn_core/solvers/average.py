@@ -12,6 +12,12 @@ robust there.
 
 Registered as ``"picard_average"`` (a name that keeps the registry's listing order of the existing
 solvers; it is the NEMON paper's "average iteration").
+
+``"nemon_average"`` is the same iteration exactly as the authors' code runs it (AUTHORS-CODE §7, splitting.py:12-66):
+one scalar α for the whole batch; the error is the relative successive change over the whole batch,
+‖y_{k+1} − y_k‖ / (1e-6 + ‖y_{k+1}‖); stop at ``tol`` (1e-2) or ``max_iter`` (300); α ÷ 1.5 when the error is
+above 0.85 × the previous one; and α **persists** across calls (batches, epochs) through ``state`` — a dict the
+layer owns — never increased.
 """
 from __future__ import annotations
 
@@ -19,10 +25,10 @@ from typing import Tuple
 
 import torch
 
-from .base import SolverStats, all_done, check_mode, finish, residual_norm, start
+from .base import SolverStats, all_done, check_initial, check_mode, finish, residual_norm, start
 from .nonlinear import Map, register_nonlinear
 
-__all__ = ["picard_average"]
+__all__ = ["picard_average", "nemon_average"]
 
 
 @register_nonlinear("picard_average")
@@ -53,3 +59,45 @@ def picard_average(g: Map, y0: torch.Tensor, *, tol: float = 1e-6, max_iter: int
         best.update(y, res)
         hist.append(float(res.max()))
     return finish("picard_average", best, it, nfe, t0, init_res, hist, tol, mode)
+
+
+@register_nonlinear("nemon_average")
+def nemon_average(g: Map, y0: torch.Tensor, *, tol: float = 1e-2, max_iter: int = 300, alpha: float = 1.0,
+                  shrink: float = 1.5, ratio: float = 0.85, state: dict = None) -> Tuple[torch.Tensor, SolverStats]:
+    """The authors' averaged iteration: scalar α (from ``state["alpha"]`` when given, else ``alpha``, written back),
+    batch-wide relative change as the error. The returned residual is that batch error for every sample."""
+    import time
+
+    if not 0.0 < alpha <= 1.0:
+        raise ValueError(f"nemon_average alpha must be in (0, 1], got {alpha}")
+    if shrink <= 1.0 or not 0.0 < ratio <= 1.0:
+        raise ValueError(f"nemon_average needs shrink > 1 and ratio in (0, 1], got shrink={shrink}, ratio={ratio}")
+    t0 = time.perf_counter()
+    a = float(state.get("alpha", alpha)) if state is not None else float(alpha)
+    gy = g(y0)
+    check_initial(gy, "nemon_average")
+    nfe, hist, it = 1, [], 0
+    err = float(torch.linalg.vector_norm(gy - y0) / (1e-6 + torch.linalg.vector_norm(gy)))
+    init = err
+    y = y0
+    if err > tol:  # else y0 is already a fixed point (from z = 0 the authors' first step would return it too)
+        err = float("inf")
+        while it < max_iter:
+            y_new = (1.0 - a) * y + a * gy
+            new = float(torch.linalg.vector_norm(y_new - y) / (1e-6 + torch.linalg.vector_norm(y_new)))  # one sync
+            y, it = y_new, it + 1
+            if new > ratio * err:
+                a /= shrink
+            err = new
+            hist.append(err)
+            if not err == err or err <= tol or it == max_iter:  # converged, NaN (the caller checks), or out of steps
+                break
+            gy = g(y)
+            nfe += 1
+    if state is not None:
+        state["alpha"] = a
+    n = y0.shape[0] if y0.dim() else 1
+    res = torch.full((n,), err, dtype=y0.dtype, device=y0.device)
+    return y, SolverStats(solver="nemon_average", iterations=it, residual=res, converged=res <= tol, nfe=nfe,
+                          wall_time=time.perf_counter() - t0, init_residual=torch.full_like(res, init),
+                          history=hist, tol=tol, mode="rel")
