@@ -37,7 +37,7 @@ SolverArg = Union[str, Dict[str, Any], SolverSpec]
 
 DEFAULT_THETA = 0.0  # explicit (a ResNet step) unless told: the one θ default of the library, models and suites
 DEFAULT_PHI = "one_leg"
-DEFAULT_SOLVER: Dict[str, Any] = {"name": "anderson", "tol": 1e-6, "max_iter": 100}
+DEFAULT_SOLVER: Dict[str, Any] = {"name": "anderson", "tol": 1e-5, "max_iter": 100, "mode": "rms"}  # per-entry RMS: any state size, float32
 DEFAULT_BACKWARD: Dict[str, Any] = {"name": "gmres", "tol": 1e-6, "max_iter": 50}
 
 

@@ -50,15 +50,15 @@ def test_plain_solver_name_in_a_suite(tmp_path):
     assert load_suite(q).specs[0].hash == spec.hash  # the name and the dict are the same run
 
 
-# spec hashes computed before the layer defaults moved to irn_core.models: cached runs in existing stores must
-# keep their identity (a change here recomputes every stored run)
+# pinned spec hashes: cached runs in existing stores must keep their identity (a change here recomputes every
+# stored run). Changed deliberately: quickstart when the default forward tolerance became 1e-5 per-entry RMS
+# (issue 14), nemon_mnist when it was rewritten to the authors' settings (issue 12).
 HASHES = {
-    "suites/quickstart.yaml": [("case=ex1 theta=0.0 seed=0", "b47b993cbad99559"),
-                               ("case=ex1 theta=0.5 seed=0", "7f39cd1413ebe65f")],
+    "suites/quickstart.yaml": [("case=ex1 theta=0.0 seed=0", "24eec498dbf952cd"),
+                               ("case=ex1 theta=0.5 seed=0", "366c38ce50e40964")],
     "suites/paper/ex1_sine.yaml": [("theta=0.0 weight=0.0 seed=10", "99fd82bc1aeaa885"),
                                    ("theta=0.0 weight=0.25 seed=10", "da64fc45c9d33f0b")],
-    "suites/paper/nemon_mnist.yaml": [("kind=dense weight=0.0 seed=0", "b9f644babbba6a37"),
-                                      ("kind=dense weight=0.01 seed=0", "d562135a633a48c3")],
+    "suites/paper/nemon_mnist.yaml": [("case=fc seed=0", "4d162e31a80f4029"), ("case=fc seed=1", "33f9335b879d68b2")],
 }
 
 

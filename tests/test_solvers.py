@@ -1,4 +1,5 @@
 """Nonlinear and linear solvers against direct solves; registry errors; stats bookkeeping."""
+import math
 import pytest
 import torch
 
@@ -214,3 +215,23 @@ def test_gmres_scaling_is_exact():
         vk, stk = get_linear("gmres")(A, torch.ldexp(b, torch.tensor(k)), tol=1e-6, max_iter=6, restart=3)
         assert torch.equal(torch.ldexp(vk, torch.tensor(-k)), v)
         assert torch.equal(stk.residual, st.residual) and stk.iterations == st.iterations
+
+
+def test_rms_mode_is_the_root_mean_square_entry_and_the_default_converges_on_a_large_float32_state():
+    """‖r‖/√n per sample (oracle: the formula on the flattened residual). On a 16×32×32 float32 state the old
+    default (1e-6 on ‖r‖) sits below float32's floor and never converges; the default (1e-5 rms) does."""
+    from irn_core.layers import DEFAULT_SOLVER
+    from irn_core.solvers.base import residual_norm
+
+    r = torch.randn(3, 4, 5, dtype=D)
+    torch.testing.assert_close(residual_norm(r, r, "rms"), r.reshape(3, -1).norm(dim=1) / math.sqrt(20))
+    torch.manual_seed(0)
+    b = torch.rand(2, 16, 32, 32) * 4
+
+    def g(y):  # a contraction with fixed point 2b, computed in float32
+        return 0.5 * y + b
+
+    _, old = get_nonlinear("anderson")(g, torch.zeros_like(b), tol=1e-6, max_iter=100)
+    _, new = NONLINEAR_SOLVERS.resolve(DEFAULT_SOLVER)(g, torch.zeros_like(b))
+    assert new.all_converged and new.iterations < 20, new.iterations
+    assert not old.all_converged and old.iterations == 100  # stuck at float32's floor (‖r‖ ≈ 6–8e-6)

@@ -2,7 +2,8 @@
 
 Contract (one for all): ``solve(g, y0, *, tol, max_iter, mode, **opts) -> (y, SolverStats)``.
 ``g`` is the fixed-point map of the θ-step, g(y) = x + hΦ(γ, x, y); the residual is
-r(y) = g(y) − y, measured per sample (``mode="abs"``: ‖r‖, ``mode="rel"``: ‖r‖ / (‖g(y)‖ + ε)).
+r(y) = g(y) − y, measured per sample (``mode="abs"``: ‖r‖, ``mode="rel"``: ‖r‖ / (‖g(y)‖ + ε), ``mode="rms"``:
+‖r‖ / √n, n the entries of one sample — the default, a tolerance that means the same on any state size).
 A solve stops when every sample meets ``tol`` and returns, per sample, the lowest-residual iterate.
 Solvers are called under ``torch.no_grad()`` by the layers: no graph survives the solve.
 """
