@@ -373,6 +373,11 @@ class NEMONLayer(ImplicitLayer, nn.Module):
             A_ = functional_call(A_mod, dict(zip(names, params[1:1 + len(names)])), ())
             return self._g(y, A_, F.linear(u, Bw, Bb), act)
 
+        return self._ift(phi, x, params)
+
+    def _ift(self, phi, x: torch.Tensor, params) -> torch.Tensor:
+        """x as the output of the fixed point x = Φ(·, x), differentiated by the implicit-function theorem with the
+        ``backward`` linear solver (its stats recorded and reported)."""
         def backward_solve(Aop, b):
             v, st_b = self.backward_solver(Aop, b)
             if not bool(torch.isfinite(v).all()):
@@ -384,8 +389,7 @@ class NEMONLayer(ImplicitLayer, nn.Module):
             self._report(st_b, "backward")
 
         problem = StepProblem(phi=phi, h=1.0, y=x, params=params, backward_solve=backward_solve, on_stats=on_stats)
-        zero = x.new_zeros(())
-        return ImplicitStep.apply(problem, zero, *params)
+        return ImplicitStep.apply(problem, x.new_zeros(()), *params)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         x = self.equilibrium(u)
@@ -455,18 +459,7 @@ class NEMONConvLayer(NEMONLayer):
             u_, A_, g_, Uw, Ub = params
             return self._g_conv(y, self.weight(A_, g_), self._circ(u_, Uw) + Ub.view(1, -1, 1, 1))
 
-        def backward_solve(Aop, b):
-            v, st_b = self.backward_solver(Aop, b)
-            if not bool(torch.isfinite(v).all()):
-                raise SolverError(f"{self.layer_name}: backward solve ({st_b.solver}) returned NaN/Inf")
-            return v, st_b
-
-        def on_stats(st_b):
-            self._bwd[0] = st_b
-            self._report(st_b, "backward")
-
-        problem = StepProblem(phi=phi, h=1.0, y=z, params=params, backward_solve=backward_solve, on_stats=on_stats)
-        return ImplicitStep.apply(problem, z.new_zeros(()), *params)
+        return self._ift(phi, z, params)
 
     def lipschitz_bound(self) -> torch.Tensor:
         raise NotImplementedError("the conv NEMON's bound is the authors' FFT form (disabled in their runs)")
