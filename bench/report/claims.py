@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import pandas as pd
 
-from .kinds._common import t_interval, verdict
+from .kinds._common import mean_sd, same_value, t_interval, verdict
 
 __all__ = ["check_claims", "evaluate_claims", "CLAIM_KINDS"]
 
@@ -112,13 +112,6 @@ def check_claims(claims: Any, specs: Sequence[Any] = ()) -> List[str]:
     return errors
 
 
-def _same(got, want) -> bool:
-    try:
-        return math.isclose(float(got), float(want), rel_tol=1e-9, abs_tol=1e-12)
-    except (TypeError, ValueError):
-        return str(got) == str(want)
-
-
 def _finite(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -162,8 +155,8 @@ def _diff(a: Dict[int, float], b: Dict[int, float], margin: float = 0.0):
         return (*v, f"paired over {len(shared)} seed(s)")
     from scipy import stats
 
-    ma, sa, na = _msd(a.values())
-    mb, sb, nb = _msd(b.values())
+    ma, sa, na = mean_sd(list(a.values()))
+    mb, sb, nb = mean_sd(list(b.values()))
     se2 = sa ** 2 / na + sb ** 2 / nb
     m = ma - mb - margin
     if se2 == 0:
@@ -173,13 +166,6 @@ def _diff(a: Dict[int, float], b: Dict[int, float], margin: float = 0.0):
     lo, hi = m - hw, m + hw
     return ("holds" if lo > 0 else "fails" if hi < 0 else "inconclusive"), m, lo, hi, min(na, nb), \
         f"Welch, unpaired ({na} and {nb} seeds)"
-
-
-def _msd(vals):
-    vals = list(vals)
-    n = len(vals)
-    m = sum(vals) / n
-    return m, math.sqrt(sum((v - m) ** 2 for v in vals) / (n - 1)), n
 
 
 def _num(x: float) -> str:
@@ -261,7 +247,7 @@ def _within(data, c, base) -> Dict[str, Any]:
         for k, want in (c.get("select") or {}).items():
             if k not in sel.columns:
                 return {"verdict": "inconclusive", "n": 0, "evidence": f"reference {c['reference']!r} has no column {k!r}"}
-            sel = sel[sel[k].map(lambda got, want=want: _same(got, want))]
+            sel = sel[sel[k].map(lambda got, want=want: same_value(got, want))]
         if len(sel) != 1:
             return {"verdict": "inconclusive", "n": 0,
                     "evidence": f"select picks {len(sel)} rows of reference {c['reference']!r}, not 1"}

@@ -84,6 +84,14 @@ def make_cells(ctx, runs: pd.DataFrame, hue: Optional[str], exclude: Sequence[st
     return cells
 
 
+def same_value(a, b) -> bool:
+    """Two table entries name the same value: numerically close (0.5 == "0.50"), else equal as text."""
+    try:
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-9)
+    except (TypeError, ValueError):
+        return str(a) == str(b)
+
+
 def mean_sd(values: Sequence[float]):
     vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     if not vals:

@@ -21,7 +21,7 @@ from ...suitefile import get_path
 from ..output import json_key, key_label, mean_std, fmt_num
 from ..references import check_reference, suite_reference
 from ..registry import register_report
-from ._common import make_cells, mean_sd, t_interval, verdict
+from ._common import make_cells, mean_sd, same_value, t_interval, verdict
 
 
 def _refs(e):
@@ -42,18 +42,11 @@ def _check(e):
     return errs
 
 
-def _close(a, b) -> bool:
-    try:
-        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-9)
-    except (TypeError, ValueError):
-        return str(a) == str(b)
-
-
 def _ref_value(rt, m, sev, cols_key, c, reference_case) -> float:
     """A reference's value for metric ``m`` at severity ``sev`` and cell ``c`` (NaN when it has none). A reference
     with a ``case`` column is matched on the cell's case; one without it belongs, when ``reference_case`` is set,
     to that case's cells only."""
-    sel = (rt["metric"] == m) & rt["severity"].map(lambda s: _close(s, sev)) & rt[cols_key].map(lambda s: _close(s, c.hue))
+    sel = (rt["metric"] == m) & rt["severity"].map(lambda s: same_value(s, sev)) & rt[cols_key].map(lambda s: same_value(s, c.hue))
     cell_case = c.runs["case"].iloc[0] if "case" in c.runs.columns else None
     if "case" in rt.columns and cell_case is not None:
         sel &= rt["case"] == cell_case
