@@ -235,3 +235,123 @@ def test_rms_mode_is_the_root_mean_square_entry_and_the_default_converges_on_a_l
     _, new = NONLINEAR_SOLVERS.resolve(DEFAULT_SOLVER)(g, torch.zeros_like(b))
     assert new.all_converged and new.iterations < 20, new.iterations
     assert not old.all_converged and old.iterations == 100  # stuck at float32's floor (‖r‖ ≈ 6–8e-6)
+
+
+def _anderson_reference(g, y0, m, lam, beta, iters):
+    """Textbook type-II Anderson, one sample at a time in float64, the Gram matrix recomputed from scratch every
+    iteration (what the incremental solver must reproduce): the iterates' residual norms."""
+    out = []
+    for b in range(y0.shape[0]):
+        gb = lambda v, b=b: g(v.expand(y0.shape[0], -1))[b]  # noqa: E731  (g acts per sample)
+        X, Fs, norms = [y0[b]], [gb(y0[b])], []
+        for k in range(iters):
+            Gs = [f - x for f, x in zip(Fs[-m:], X[-m:])]
+            if k == 0:
+                x = Fs[-1] if beta == 1.0 else X[-1] + beta * Gs[-1]
+            else:
+                Gm = torch.stack(Gs)
+                GG = Gm @ Gm.T
+                n = len(Gs)
+                H = torch.zeros(n + 1, n + 1, dtype=D)
+                H[0, 1:] = H[1:, 0] = 1.0
+                H[1:, 1:] = GG + (lam + torch.finfo(D).eps) * GG.diagonal().max() * torch.eye(n, dtype=D)
+                rhs = torch.zeros(n + 1, dtype=D)
+                rhs[0] = 1.0
+                a = torch.linalg.solve(H, rhs)[1:]
+                x = a @ torch.stack(Fs[-m:]) - (1 - beta) * (a @ Gm)
+            X.append(x)
+            Fs.append(gb(x))
+            norms.append(float((Fs[-1] - x).norm()))
+        out.append(norms)
+    return torch.tensor(out, dtype=D)
+
+
+@pytest.mark.parametrize("beta", [1.0, 0.7])
+def test_anderson_incremental_gram_matches_the_textbook_recomputation(beta):
+    """The solver updates ⟨G_i, G_j⟩ one row per iteration and reads ‖r‖ off its diagonal; a from-scratch float64
+    reference (per sample, GGᵀ recomputed) must give the same residual after every iteration (ring buffer wrapped:
+    12 iterations with memory 3)."""
+    d, B, m = 7, 3, 3
+    A = _contractive(d, 0.95, seed=3)
+    x = torch.randn(B, d, dtype=D)
+    g = lambda y: x + torch.tanh(y @ A.T)  # noqa: E731  (per sample: row b only touches x[b])
+    y0 = x.clone()
+    _, st = get_nonlinear("anderson")(g, y0, tol=0.0, max_iter=12, m=m, lam=1e-8, beta=beta)
+    ref = _anderson_reference(g, y0, m, 1e-8, beta, 12)
+    assert st.iterations == 12 and st.stop == "max_iter"
+    torch.testing.assert_close(torch.tensor(st.history, dtype=D), ref.max(dim=0).values, rtol=1e-8, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", ["fixed_point", "anderson", "picard_average", "lbfgs", "newton_krylov"])
+def test_returned_iterate_is_the_one_whose_residual_is_reported(name):
+    """The best iterate is kept by reference (no copy when every sample improves, a where-merge when some do): the
+    returned y must be the iterate whose residual the stats report — recomputed from g, sample by sample — in a batch
+    where one sample converges at once and another never does (stiff for Picard-type solvers)."""
+    g_stiff, y_stiff = _stiff_problem(B=2, d=4)
+    x_easy = torch.randn(2, 4, dtype=D)
+    A = _contractive(4, 0.3)
+
+    def g(y):
+        return torch.cat([g_stiff(y[:2]), x_easy + torch.tanh(y[2:] @ A.T)])
+
+    y0 = torch.cat([y_stiff, x_easy])
+    y, st = get_nonlinear(name)(g, y0, tol=1e-9, max_iter=15)
+    recomputed = (g(y) - y).norm(dim=1)
+    torch.testing.assert_close(recomputed, st.residual, rtol=1e-6, atol=1e-12)
+    assert bool((st.residual <= st.init_residual + 1e-15).all())
+    assert len(st.history) == len([h for h in st.history if math.isfinite(h)])
+
+
+def test_stop_reasons_and_the_stagnation_stop():
+    """stats.stop says what ended the solve: tol met, out of iterations, no progress for ``stall`` iterations, or a
+    sample that blew up while the others converged."""
+    x = torch.randn(3, 4, dtype=D)
+    A = _contractive(4, 0.5)
+    contract = lambda y: x + y @ A.T  # noqa: E731
+    _, st = get_nonlinear("fixed_point")(contract, x, tol=1e-10, max_iter=200)
+    assert st.stop == "converged" and st.all_converged
+    _, st = get_nonlinear("fixed_point")(contract, x, tol=1e-10, max_iter=3)
+    assert st.stop == "max_iter" and st.iterations == 3
+    shift = lambda y: y + 1.0  # noqa: E731  (no fixed point: the residual never moves)
+    for name in ("fixed_point", "anderson", "picard_average"):
+        _, st = get_nonlinear(name)(shift, x, tol=1e-6, max_iter=100, stall=4)
+        assert st.stop == "stalled" and st.iterations == 4, (name, st.stop, st.iterations)
+        _, st = get_nonlinear(name)(shift, x, tol=1e-6, max_iter=30)
+        assert st.stop == "max_iter" and st.iterations == 30
+    # a slowly but steadily converging solve is never called stalled (it lowers its residual by > 1 % each time)
+    slow = lambda y: x + 0.97 * y  # noqa: E731
+    _, st = get_nonlinear("fixed_point")(slow, x, tol=1e-3, max_iter=1000, stall=2)
+    assert st.stop == "converged"
+    # one sample overflows (its map doubles it), the others converge
+    blow = lambda y: torch.cat([2.0 * y[:1] + 1e300, contract(y)[1:]])  # noqa: E731
+    _, st = get_nonlinear("fixed_point")(blow, x, tol=1e-10, max_iter=200)
+    assert st.stop == "diverged" and bool(st.converged[1:].all()) and not bool(st.converged[0])
+
+
+def test_neutral_options_leave_the_canonical_record_and_so_every_spec_hash_unchanged():
+    spec = NONLINEAR_SOLVERS.resolve({"name": "anderson", "tol": 1e-5})
+    assert "stall" not in spec.full() and "stall" not in NONLINEAR_SOLVERS.resolve(
+        {"name": "anderson", "stall": 0}).full()
+    assert NONLINEAR_SOLVERS.resolve({"name": "anderson", "stall": 5}).full()["stall"] == 5
+    with pytest.raises(ValueError, match="stall must be an integer >= 0"):
+        get_nonlinear("fixed_point")(lambda y: y, torch.zeros(1, 2), stall=-1)
+
+
+@pytest.mark.parametrize("restart", [3, 40])
+def test_gmres_cgs2_solves_an_ill_conditioned_nonsymmetric_system(restart):
+    """CGS2 + host Givens: on a nonsymmetric system with condition number ~1e6 (float64) GMRES without restarts
+    reaches the direct solution, and the stats say why it stopped."""
+    d, B = 40, 2
+    g = torch.Generator().manual_seed(5)
+    Q1, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=D))
+    Q2, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=D))
+    M = Q1 @ torch.diag(torch.logspace(0, -6, d, dtype=D)) @ Q2
+    b = torch.randn(B, d, generator=g, dtype=D)
+    x, st = get_linear("gmres")(lambda v: v @ M.T, b, tol=1e-10, max_iter=200 if restart == 40 else 30,
+                                restart=restart)
+    exact = torch.linalg.solve(M, b.T).T
+    if restart == 40:
+        assert st.stop == "converged", (st.stop, st.max_residual)
+        torch.testing.assert_close(x, exact, rtol=1e-3, atol=0)  # κ = 1e6: forward error ≤ κ·residual
+    else:
+        assert st.stop == "max_iter" and st.iterations == 30  # GMRES(3) cannot solve it in 30 products

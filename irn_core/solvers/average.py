@@ -21,11 +21,12 @@ layer owns — never increased.
 """
 from __future__ import annotations
 
+import time
 from typing import Tuple
 
 import torch
 
-from .base import SolverStats, all_done, check_initial, check_mode, finish, residual_norm, start
+from .base import Progress, SolverStats, check_initial, check_mode, check_stall, residual_norm
 from .nonlinear import Map, register_nonlinear
 
 __all__ = ["picard_average", "nemon_average"]
@@ -34,31 +35,32 @@ __all__ = ["picard_average", "nemon_average"]
 @register_nonlinear("picard_average")
 def picard_average(g: Map, y0: torch.Tensor, *, tol: float = 1e-6, max_iter: int = 200, mode: str = "abs",
                    alpha: float = 1.0, shrink: float = 1.5, ratio: float = 0.85,
-                   min_alpha: float = 1e-4) -> Tuple[torch.Tensor, SolverStats]:
+                   min_alpha: float = 1e-4, stall: int = 0) -> Tuple[torch.Tensor, SolverStats]:
     """Average iteration y ← (1−α)y + α g(y), α ÷ ``shrink`` per sample when ‖r_{k+1}‖ > ``ratio``·‖r_k‖."""
     check_mode(mode)
     if not 0.0 < alpha <= 1.0:
         raise ValueError(f"picard_average alpha must be in (0, 1], got {alpha}")
     if shrink <= 1.0 or not 0.0 < ratio <= 1.0:
         raise ValueError(f"picard_average needs shrink > 1 and ratio in (0, 1], got shrink={shrink}, ratio={ratio}")
-    t0, gy, res, best = start("picard_average", g, y0, mode)
-    y, nfe, init_res = y0, 1, res.clone()
+    stall = check_stall(stall)
+    t0 = time.perf_counter()
+    gy = g(y0)
+    check_initial(gy, "picard_average")
+    res = residual_norm(gy - y0, gy, mode)
+    pr = Progress(y0, res, tol, max_iter, stall)
+    y, nfe = y0, 1
     a = torch.full_like(res, float(alpha))
     view = (-1,) + (1,) * (y0.dim() - 1)
-    hist = []
-    it = 0
-    while it < max_iter and not all_done(best, res, tol):
+    while not pr.done:
         y = y + a.view(view) * (gy - y)
         gy = g(y)
         nfe += 1
-        it += 1
         new = residual_norm(gy - y, gy, mode)
         slow = ~(new < ratio * res)
         a = torch.where(slow, (a / shrink).clamp_min(min_alpha), a)
         res = new
-        best.update(y, res)
-        hist.append(float(res.max()))
-    return finish("picard_average", best, it, nfe, t0, init_res, hist, tol, mode)
+        pr.update(y, res)
+    return pr.finish("picard_average", nfe, t0, mode)
 
 
 @register_nonlinear("nemon_average")
@@ -66,8 +68,6 @@ def nemon_average(g: Map, y0: torch.Tensor, *, tol: float = 1e-2, max_iter: int 
                   shrink: float = 1.5, ratio: float = 0.85, state: dict = None) -> Tuple[torch.Tensor, SolverStats]:
     """The authors' averaged iteration: scalar α (from ``state["alpha"]`` when given, else ``alpha``, written back),
     batch-wide relative change as the error. The returned residual is that batch error for every sample."""
-    import time
-
     if not 0.0 < alpha <= 1.0:
         raise ValueError(f"nemon_average alpha must be in (0, 1], got {alpha}")
     if shrink <= 1.0 or not 0.0 < ratio <= 1.0:
@@ -100,4 +100,5 @@ def nemon_average(g: Map, y0: torch.Tensor, *, tol: float = 1e-2, max_iter: int 
     res = torch.full((n,), err, dtype=y0.dtype, device=y0.device)
     return y, SolverStats(solver="nemon_average", iterations=it, residual=res, converged=res <= tol, nfe=nfe,
                           wall_time=time.perf_counter() - t0, init_residual=torch.full_like(res, init),
-                          history=hist, tol=tol, mode="rel")
+                          history=hist, tol=tol, mode="rel",
+                          stop="converged" if err <= tol else ("diverged" if err != err else "max_iter"))

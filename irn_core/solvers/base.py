@@ -22,6 +22,8 @@ __all__ = [
     "Registry",
     "batch_norm",
     "BestIterate",
+    "Progress",
+    "STOP_REASONS",
 ]
 
 
@@ -40,6 +42,9 @@ class SolverStats:
     wall_time: seconds spent in the solve.
     init_residual: per-sample residual norm of the initial guess.
     history: max-over-batch residual after each iteration (for convergence-rate analysis).
+    stop: what ended the solve — ``"converged"`` (every sample met tol), ``"max_iter"``, ``"stalled"`` (no
+    progress for ``stall`` iterations), ``"diverged"`` (a non-finite residual; the rest converged or stalled),
+    ``"breakdown"`` (a linear solver's Krylov space was exhausted); "" where a solver does not say.
     """
 
     solver: str
@@ -52,6 +57,7 @@ class SolverStats:
     history: List[float] = field(default_factory=list)
     tol: float = 0.0
     mode: str = "abs"
+    stop: str = ""
 
     @property
     def all_converged(self) -> bool:
@@ -101,6 +107,77 @@ class BestIterate:
             self.res = torch.where(better, res, self.res)
 
 
+STOP_REASONS = ("converged", "max_iter", "stalled", "diverged", "breakdown")
+
+#: a sample makes progress when its residual falls below (1 − STALL_GAIN) × its best so far
+STALL_GAIN = 0.01
+
+
+class Progress:
+    """The per-iteration bookkeeping every nonlinear solver shares, O(batch) device work and **one** host read per
+    iteration (the stop test): the per-sample lowest residual and its iterate, the max-over-batch residual history
+    (kept on the device, read once at the end) and the stop reason.
+
+    The best iterate is kept *by reference*: the solvers make a new tensor for every iterate and never write into one
+    they handed over, so when every sample improves (the usual case) nothing is copied; only a mixed batch costs one
+    ``torch.where`` over the state. ``stall`` > 0 stops after that many consecutive iterations in which no
+    unconverged sample lowered its best residual by ≥ :data:`STALL_GAIN` (1 %)."""
+
+    def __init__(self, y0: torch.Tensor, res0: torch.Tensor, tol: float, max_iter: int, stall: int = 0):
+        self.best_y, self.best_res, self.init_res = y0, res0, res0
+        self.tol, self.max_iter, self.stall = tol, max_iter, stall
+        self.it, self.quiet = 0, 0
+        self._hist = torch.empty(max(0, max_iter), dtype=res0.dtype, device=res0.device)
+        self.diverged = False
+        self.stop = ""
+        if bool((res0 <= tol).all()):
+            self.stop = "converged"
+        elif max_iter <= 0:
+            self.stop = "max_iter"
+
+    @property
+    def done(self) -> bool:
+        return bool(self.stop)
+
+    def update(self, y: torch.Tensor, res: torch.Tensor) -> bool:
+        """Record iterate ``y`` (per-sample residual ``res``); True when the solve should stop."""
+        prev = self.best_res
+        better = res < prev
+        self.best_res = torch.where(better, res, prev)
+        if self.it == self._hist.numel():  # L-BFGS's line search may overrun its evaluation budget
+            self._hist = torch.cat([self._hist, torch.empty_like(self._hist[:1]).expand(max(1, self.it))])
+        self._hist[self.it] = res.max()
+        self.it += 1
+        finite = torch.isfinite(res)
+        flags = [((self.best_res <= self.tol) | ~finite).all(), better.all(), better.any(), finite.all()]
+        if self.stall:
+            flags.append((better & (res < (1.0 - STALL_GAIN) * prev) & (prev > self.tol)).any())
+        flags = torch.stack(flags).tolist()  # the one host read of the iteration
+        if flags[1]:
+            self.best_y = y
+        elif flags[2]:
+            self.best_y = torch.where(better.view(-1, *([1] * (y.dim() - 1))), y, self.best_y)
+        self.diverged = not flags[3]
+        if flags[0]:
+            self.stop = "diverged" if self.diverged and not bool((self.best_res <= self.tol).all()) else "converged"
+        elif self.stall:
+            self.quiet = 0 if flags[4] else self.quiet + 1
+            if self.quiet >= self.stall:
+                self.stop = "stalled"
+        if not self.stop and self.it >= self.max_iter:
+            self.stop = "max_iter"
+        return self.done
+
+    def finish(self, name: str, nfe: int, t0: float, mode: str, shape=None) -> Tuple[torch.Tensor, SolverStats]:
+        """The best iterate per sample (reshaped to ``shape`` when given) and the solve's :class:`SolverStats`."""
+        y = self.best_y if shape is None else self.best_y.reshape(shape)
+        stats = SolverStats(solver=name, iterations=self.it, residual=self.best_res,
+                            converged=self.best_res <= self.tol, nfe=nfe, wall_time=time.perf_counter() - t0,
+                            init_residual=self.init_res, history=self._hist[:self.it].tolist(), tol=self.tol,
+                            mode=mode, stop=self.stop or "max_iter")
+        return y, stats
+
+
 class Registry(BaseRegistry):
     """Name -> solver function (:class:`irn_core.registry.Registry`); options are the keyword-only parameters.
     ``resolve`` turns a name or ``{name: ..., **opts}`` into a checked :class:`SolverSpec`."""
@@ -147,11 +224,19 @@ class SolverSpec:
         return {"name": self.name, **self.opts}
 
     def full(self) -> Dict:
-        """Name and every option, defaults filled in from the solver's signature (a canonical record)."""
+        """Name and every option, defaults filled in from the solver's signature (a canonical record). Options in
+        :data:`NEUTRAL_OPTIONS` are recorded only when set to something else than their neutral value, so adding
+        such an option leaves every existing spec hash — and the runs cached under it — valid."""
         sig = inspect.signature(self.registry.get(self.name))
         defaults = {p.name: p.default for p in sig.parameters.values()
                     if p.kind == p.KEYWORD_ONLY and p.default is not p.empty}
-        return {"name": self.name, **defaults, **self.opts}
+        full = {"name": self.name, **defaults, **self.opts}
+        return {k: v for k, v in full.items() if not (k in NEUTRAL_OPTIONS and v == NEUTRAL_OPTIONS[k])}
+
+
+#: options added after suites were pinned whose neutral value leaves every solve exactly as it was (see
+#: :meth:`SolverSpec.full`); ``stall = 0``: no stagnation stop.
+NEUTRAL_OPTIONS = {"stall": 0}
 
 
 def check_finite(t: torch.Tensor, what: str) -> None:
@@ -180,27 +265,10 @@ def check_initial(gy: torch.Tensor, name: str) -> None:
     check_finite(gy, f"{name}: the map evaluated at the initial guess")
 
 
-def start(name: str, g: Callable[[torch.Tensor], torch.Tensor], y0: torch.Tensor, mode: str):
-    """The setup every nonlinear solver shares: the clock, g(y₀) (finite, else SolverError), the per-sample residual
-    and the best-iterate record. Returns ``(t0, g(y0), residual, BestIterate)``."""
-    t0 = time.perf_counter()
-    gy = g(y0)
-    check_initial(gy, name)
-    res = residual_norm(gy - y0, gy, mode)
-    return t0, gy, res, BestIterate(y0, res)
-
-
-def all_done(best: "BestIterate", res: torch.Tensor, tol: float) -> bool:
-    """Every sample has either met tol or blown up (non-finite residual: diverged, not converged)."""
-    return bool(((best.res <= tol) | ~torch.isfinite(res)).all())
-
-
-def finish(name: str, best: "BestIterate", it: int, nfe: int, t0: float, init_res: torch.Tensor, hist, tol: float,
-           mode: str) -> Tuple[torch.Tensor, SolverStats]:
-    """The best iterate per sample and the solve's :class:`SolverStats` (wall time from ``t0``)."""
-    stats = SolverStats(solver=name, iterations=it, residual=best.res, converged=best.res <= tol, nfe=nfe,
-                        wall_time=time.perf_counter() - t0, init_residual=init_res, history=hist, tol=tol, mode=mode)
-    return best.y, stats
+def check_stall(stall: int) -> int:
+    if isinstance(stall, bool) or not isinstance(stall, int) or stall < 0:
+        raise ValueError(f"stall must be an integer >= 0 (0: no stagnation stop), got {stall!r}")
+    return stall
 
 
 _FORWARD_AD_READY = False

@@ -9,13 +9,14 @@ Solvers are called under ``torch.no_grad()`` by the layers: no graph survives th
 """
 from __future__ import annotations
 
+import math
 import time
 from typing import Callable, Tuple
 
 import torch
 
-from .base import (BestIterate, Registry, SolverStats, all_done, batch_norm, check_initial, check_mode, finish,
-                   prepare_forward_ad, residual_norm, start)
+from .base import (Progress, Registry, SolverStats, batch_norm, check_initial, check_mode, check_stall,
+                   prepare_forward_ad, residual_norm)
 
 __all__ = ["NONLINEAR_SOLVERS", "register_nonlinear", "get_nonlinear", "fixed_point", "anderson", "lbfgs", "newton_krylov"]
 
@@ -28,103 +29,102 @@ Map = Callable[[torch.Tensor], torch.Tensor]
 
 @register_nonlinear("fixed_point")
 def fixed_point(g: Map, y0: torch.Tensor, *, tol: float = 1e-6, max_iter: int = 200, mode: str = "abs",
-                damping: float = 1.0) -> Tuple[torch.Tensor, SolverStats]:
+                damping: float = 1.0, stall: int = 0) -> Tuple[torch.Tensor, SolverStats]:
     """Picard iteration y_{k+1} = (1−β)y_k + β g(y_k) with damping β ∈ (0, 1] (β = 1: plain Picard).
 
-    Converges when θ·h·Lip(F) < 1 (Banach); beyond that it reports non-convergence.
+    Converges when θ·h·Lip(F) < 1 (Banach); beyond that it reports non-convergence. ``stall`` > 0: stop after
+    that many iterations without progress (:class:`~irn_core.solvers.base.Progress`).
     """
     check_mode(mode)
     if not 0.0 < damping <= 1.0:
         raise ValueError(f"fixed_point damping must be in (0, 1], got {damping}")
-    t0, gy, res, best = start("fixed_point", g, y0, mode)
-    y, nfe, init_res = y0, 1, res.clone()
-    hist = []
-    it = 0
-    while it < max_iter and not all_done(best, res, tol):
+    t0 = time.perf_counter()
+    gy = g(y0)
+    check_initial(gy, "fixed_point")
+    pr = Progress(y0, residual_norm(gy - y0, gy, mode), tol, max_iter, check_stall(stall))
+    y, nfe = y0, 1
+    while not pr.done:
         y = gy if damping == 1.0 else (1.0 - damping) * y + damping * gy
         gy = g(y)
         nfe += 1
-        it += 1
-        res = residual_norm(gy - y, gy, mode)
-        best.update(y, res)
-        hist.append(float(res.max()))
-    return finish("fixed_point", best, it, nfe, t0, init_res, hist, tol, mode)
+        pr.update(y, residual_norm(gy - y, gy, mode))
+    return pr.finish("fixed_point", nfe, t0, mode)
 
 
 @register_nonlinear("anderson")
 def anderson(g: Map, y0: torch.Tensor, *, tol: float = 1e-6, max_iter: int = 100, mode: str = "abs",
-             m: int = 5, lam: float = 1e-8, beta: float = 1.0) -> Tuple[torch.Tensor, SolverStats]:
+             m: int = 5, lam: float = 1e-8, beta: float = 1.0, stall: int = 0) -> Tuple[torch.Tensor, SolverStats]:
     """Anderson acceleration (type II) with memory ``m`` and mixing ``beta``.
 
     The mixing weights α solve min ‖Σ α_i G_i‖² s.t. Σα_i = 1 (G_i = g(y_i) − y_i), as the bordered
     system [[0, 1ᵀ], [1, GGᵀ + λ·max diag(GGᵀ)·I]] — regularised relative to the residual scale, so it
-    stays solvable when the G_i are (near) linearly dependent; a batch whose system is still singular
-    falls back to the pseudo-inverse.
+    stays solvable when the G_i are (near) linearly dependent; a sample whose system is still singular takes
+    the plain step from its latest iterate (α = that iterate's unit vector). The next iterate is
+    Σα_i (y_i + β G_i) = Σα_i g(y_i) − (1−β) Σα_i G_i.
+
+    Cost per iteration beyond the F-evaluation: the Gram matrix GGᵀ is updated by one row (⟨G_i, G_new⟩, one
+    batched matvec, O(m·n)) instead of recomputed (O(m²·n)); the residual norm is read off its diagonal; the
+    history buffers are allocated once; β = 1 skips the second combination; no pseudo-inverse, no host read
+    besides the stop test.
     """
     check_mode(mode)
     if m < 1:
         raise ValueError(f"anderson memory m must be >= 1, got {m}")
+    stall = check_stall(stall)
     t0 = time.perf_counter()
     shape = y0.shape
-    B = shape[0]
-    n = y0[0].numel()
+    B, n = shape[0], y0[0].numel()
     dt, dev = y0.dtype, y0.device
-    x0 = y0.reshape(B, n)
-    f0 = g(y0).reshape(B, n)
+    x = y0.reshape(B, n)
+    f = g(y0).reshape(B, n)
+    check_initial(f, "anderson")
+    r = f - x
+    pr = Progress(x, residual_norm(r, f, mode), tol, max_iter, stall)
     nfe = 1
-    check_initial(f0, "anderson")
-    res = residual_norm(f0 - x0, f0, mode)
-    init_res = res.clone()
-    best = BestIterate(x0, res)
-    hist = []
-    it = 0
-    if bool((best.res <= tol).all()) or max_iter <= 0:
-        return _finish_flat("anderson", best, shape, it, nfe, t0, init_res, hist, tol, mode)
-    X = torch.zeros(B, m, n, dtype=dt, device=dev)
-    F = torch.zeros(B, m, n, dtype=dt, device=dev)
-    X[:, 0], F[:, 0] = x0, f0
-    k = 1
-    eye = torch.eye(m, dtype=dt, device=dev)
+    if pr.done:
+        return pr.finish("anderson", nfe, t0, mode, shape)
+    mk = min(m, max_iter + 1)  # never more memory than there will be iterates
+    F = torch.empty(B, mk, n, dtype=dt, device=dev)  # g(y_i)
+    G = torch.empty(B, mk, n, dtype=dt, device=dev)  # g(y_i) − y_i
+    GG = torch.zeros(B, mk, mk, dtype=dt, device=dev)  # ⟨G_i, G_j⟩, one row/column replaced per iteration
+    H = torch.zeros(B, mk + 1, mk + 1, dtype=dt, device=dev)  # the bordered system; only the GG block changes
+    H[:, 0, 1:] = 1.0
+    H[:, 1:, 0] = 1.0
+    rhs = torch.zeros(B, mk + 1, 1, dtype=dt, device=dev)
+    rhs[:, 0] = 1.0
+    eye = torch.eye(mk, dtype=dt, device=dev)
     tiny = torch.finfo(dt).eps
-    while it < max_iter:
-        if k == 1:
-            xk = F[:, 0].clone()  # first step: plain Picard
-        else:
-            nk = min(k, m)
-            Gk = F[:, :nk] - X[:, :nk]
-            GG = Gk @ Gk.transpose(1, 2)
-            finite = torch.isfinite(GG).all(dim=(1, 2))
-            if not bool(finite.all()):  # diverged samples: keep their system solvable (they stay non-finite)
-                GG = torch.where(finite[:, None, None], GG, eye[:nk, :nk].expand_as(GG))
-            scale = GG.diagonal(dim1=1, dim2=2).amax(dim=1).clamp_min(tiny)
-            H = torch.zeros(B, nk + 1, nk + 1, dtype=dt, device=dev)
-            H[:, 0, 1:] = 1.0
-            H[:, 1:, 0] = 1.0
-            H[:, 1:, 1:] = GG + (lam * scale + tiny * scale)[:, None, None] * eye[:nk, :nk]
-            rhs = torch.zeros(B, nk + 1, 1, dtype=dt, device=dev)
-            rhs[:, 0] = 1.0
-            sol, info = torch.linalg.solve_ex(H, rhs)
-            bad = (info != 0) | ~torch.isfinite(sol).all(dim=(1, 2))
-            if bool(bad.any()):
-                sol = torch.where(bad[:, None, None], torch.linalg.pinv(H) @ rhs, sol)
-            alpha = sol[:, 1:, 0]
-            xk = beta * (alpha[:, None] @ F[:, :nk])[:, 0] + (1 - beta) * (alpha[:, None] @ X[:, :nk])[:, 0]
+    rooted = 1.0 / math.sqrt(max(1, n)) if mode == "rms" else 1.0
+    F[:, 0], G[:, 0] = f, r
+    GG[:, 0, 0] = (r * r).sum(dim=1)
+    xk = f if beta == 1.0 else x + beta * r  # first step: (damped) Picard
+    k = 1  # iterates stored so far
+    while True:
         fk = g(xk.reshape(shape)).reshape(B, n)
         nfe += 1
-        it += 1
-        res = residual_norm(fk - xk, fk, mode)
-        best.update(xk, res)
-        hist.append(float(res.max()))
-        X[:, k % m], F[:, k % m] = xk, fk
-        k += 1
-        if all_done(best, res, tol):
+        rk = fk - xk
+        slot, nk = k % mk, min(k + 1, mk)
+        F[:, slot], G[:, slot] = fk, rk
+        row = torch.bmm(G[:, :nk], rk.unsqueeze(2)).squeeze(2)  # ⟨G_i, G_k⟩, i < nk
+        GG[:, slot, :nk] = row
+        GG[:, :nk, slot] = row
+        rn = row[:, slot].clamp_min(0.0).sqrt()
+        res = rn / (batch_norm(fk) + torch.finfo(dt).tiny ** 0.5) if mode == "rel" else rn * rooted
+        if pr.update(xk, res):
             break
-    return _finish_flat("anderson", best, shape, it, nfe, t0, init_res, hist, tol, mode)
-
-
-def _finish_flat(name, best, shape, *args):
-    best.y = best.y.reshape(shape)
-    return finish(name, best, *args)
+        k += 1
+        Gk = GG[:, :nk, :nk]
+        scale = Gk.diagonal(dim1=1, dim2=2).amax(dim=1).clamp_min(tiny)
+        Hk = H[:, :nk + 1, :nk + 1]
+        Hk[:, 1:, 1:] = Gk + ((lam + tiny) * scale)[:, None, None] * eye[:nk, :nk]
+        sol, info = torch.linalg.solve_ex(Hk, rhs[:, :nk + 1])
+        alpha = sol[:, 1:, 0]
+        bad = (info != 0) | ~torch.isfinite(alpha).all(dim=1)
+        alpha = torch.where(bad[:, None], eye[slot, :nk], alpha).unsqueeze(1)
+        xk = torch.bmm(alpha, F[:, :nk]).squeeze(1)
+        if beta != 1.0:
+            xk = xk - (1.0 - beta) * torch.bmm(alpha, G[:, :nk]).squeeze(1)
+    return pr.finish("anderson", nfe, t0, mode, shape)
 
 
 class _Converged(Exception):
@@ -134,12 +134,14 @@ class _Converged(Exception):
 @register_nonlinear("lbfgs")
 def lbfgs(g: Map, y0: torch.Tensor, *, tol: float = 1e-6, max_iter: int = 200, mode: str = "abs",
           history_size: int = 10, lr: float = 1.0, line_search: str = "strong_wolfe",
-          max_eval: int | None = None) -> Tuple[torch.Tensor, SolverStats]:
+          max_eval: int | None = None, stall: int = 0) -> Tuple[torch.Tensor, SolverStats]:
     """Minimise ‖r(y)‖² = ‖g(y) − y‖² with ``torch.optim.LBFGS`` and a strong-Wolfe line search
     (the authors' choice, §2.2.1). Each evaluation is one F-forward plus one VJP w.r.t. y only; the
-    map's parameters are never touched.
+    map's parameters are never touched. ``iterations`` counts L-BFGS iterations; the history has one entry per
+    evaluation (the authors' "iterations" are these closure evaluations: ``nfe`` − 1).
     """
     check_mode(mode)
+    stall = check_stall(stall)
     ls = None if line_search in (None, "none") else line_search
     if ls not in (None, "strong_wolfe"):
         raise ValueError(f"lbfgs line_search must be 'strong_wolfe' or 'none', got {line_search!r}")
@@ -147,15 +149,13 @@ def lbfgs(g: Map, y0: torch.Tensor, *, tol: float = 1e-6, max_iter: int = 200, m
     with torch.no_grad():
         gy = g(y0)
     check_initial(gy, "lbfgs")
-    res = residual_norm(gy - y0, gy, mode)
-    init_res = res.clone()
-    best = BestIterate(y0, res)
-    hist = []
+    evals = max_eval or max_iter * 5
+    pr = Progress(y0, residual_norm(gy - y0, gy, mode), tol, evals if max_iter > 0 else 0, stall)
     state = {"nfe": 1}
-    if bool((best.res <= tol).all()) or max_iter <= 0:
-        return finish("lbfgs", best, 0, 1, t0, init_res, hist, tol, mode)
+    if pr.done:
+        return pr.finish("lbfgs", 1, t0, mode)
     y = y0.detach().clone().requires_grad_(True)
-    opt = torch.optim.LBFGS([y], lr=lr, max_iter=max_iter, max_eval=max_eval or max_iter * 5,
+    opt = torch.optim.LBFGS([y], lr=lr, max_iter=max_iter, max_eval=evals,
                             tolerance_grad=0.0, tolerance_change=0.0, history_size=history_size,
                             line_search_fn=ls)
 
@@ -167,13 +167,10 @@ def lbfgs(g: Map, y0: torch.Tensor, *, tol: float = 1e-6, max_iter: int = 200, m
             loss = 0.5 * r.pow(2).sum()
             (grad,) = torch.autograd.grad(loss, y)
         state["nfe"] += 1
-        with torch.no_grad():
-            res = residual_norm(r.detach(), gy.detach(), mode)
-            best.update(y.detach(), res)
-            hist.append(float(res.max()))
+        with torch.no_grad():  # y is updated in place by the optimiser: record a copy
+            if pr.update(y.detach().clone(), residual_norm(r.detach(), gy.detach(), mode)) and pr.stop != "max_iter":
+                raise _Converged
         y.grad = grad
-        if all_done(best, res, tol):
-            raise _Converged
         return loss.detach()
 
     try:
@@ -181,21 +178,24 @@ def lbfgs(g: Map, y0: torch.Tensor, *, tol: float = 1e-6, max_iter: int = 200, m
     except _Converged:
         pass
     it = int(opt.state[opt._params[0]].get("n_iter", 0)) if opt.state else 0
-    best.y = best.y.detach()
-    return finish("lbfgs", best, it, state["nfe"], t0, init_res, hist, tol, mode)
+    out, stats = pr.finish("lbfgs", state["nfe"], t0, mode)
+    stats.iterations = it
+    return out, stats
 
 
 @register_nonlinear("newton_krylov")
 def newton_krylov(g: Map, y0: torch.Tensor, *, tol: float = 1e-6, max_iter: int = 50, mode: str = "abs",
                   inner_tol: float = 1e-4, inner_max_iter: int = 30, restart: int = 30,
-                  max_backtracks: int = 8) -> Tuple[torch.Tensor, SolverStats]:
+                  max_backtracks: int = 8, stall: int = 0) -> Tuple[torch.Tensor, SolverStats]:
     """Inexact Newton on r(y) = y − g(y): each step solves (I − ∂g/∂y) d = −r by batched GMRES on
     Jacobian–vector products (``torch.func.jvp``, forward mode), then backtracks per sample until
     ‖r‖ decreases (Armijo on ‖r‖). Converges where Picard cannot (θ·h·Lip(F) > 1, stiff fields).
+    A step in which no sample can decrease ‖r‖ along its Newton direction ends the solve as ``"stalled"``.
     """
     from .linear import gmres
 
     check_mode(mode)
+    stall = check_stall(stall)
     prepare_forward_ad()
     t0 = time.perf_counter()
     y = y0
@@ -204,13 +204,9 @@ def newton_krylov(g: Map, y0: torch.Tensor, *, tol: float = 1e-6, max_iter: int 
     check_initial(gy, "newton_krylov")
     r = y - gy
     rn = batch_norm(r)
-    res = residual_norm(r, gy, mode)
-    init_res = res.clone()
-    best = BestIterate(y, res)
-    hist = []
-    it = 0
+    pr = Progress(y, residual_norm(r, gy, mode), tol, max_iter, stall)
     view = (-1,) + (1,) * (y0.dim() - 1)
-    while it < max_iter and not all_done(best, res, tol):
+    while not pr.done:
         y_lin = y
 
         def J(v, y_lin=y_lin):
@@ -235,13 +231,11 @@ def newton_krylov(g: Map, y0: torch.Tensor, *, tol: float = 1e-6, max_iter: int 
             if bool(accepted.all()):
                 break
             t = torch.where(accepted, t, 0.5 * t)
-        it += 1
         if not bool(accepted.any()):  # no sample could decrease ‖r‖ along the Newton direction
+            pr.stop = "stalled"
             break
         y, gy = y_new, gy_new
         r = y - gy
         rn = rn_new
-        res = residual_norm(r, gy, mode)
-        best.update(y, res)
-        hist.append(float(res.max()))
-    return finish("newton_krylov", best, it, nfe, t0, init_res, hist, tol, mode)
+        pr.update(y, residual_norm(r, gy, mode))
+    return pr.finish("newton_krylov", nfe, t0, mode)
