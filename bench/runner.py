@@ -158,26 +158,50 @@ run_cell.on_worker_death = cell_worker_died  # type: ignore[attr-defined]  (see 
 # --------------------------------------------------------------------------- training
 
 
-def _solver_metrics(model) -> Dict[str, List[float]]:
-    """Per implicit layer: forward/backward iterations and max residual of the last call (summed over steps)."""
+def _solver_metrics(model) -> Dict[str, List[Any]]:
+    """Per implicit layer: forward/backward iterations, F-evaluations, max residual and unconverged samples of the
+    last call (summed over its solves). Residuals and counts stay tensors (no host read per batch); the epoch's
+    mean is taken once, in :func:`_mean_metrics`."""
     from irn_core import solver_stats
 
-    out: Dict[str, List[float]] = {}
+    out: Dict[str, List[Any]] = {}
     for name, st in solver_stats(model).items():
         for where, key in (("forward", "fwd"), ("backward", "bwd")):
             stats = [s for s in st[where] if s is not None]
             if not stats:
                 continue
             out.setdefault(solver_name(name, key, "iters"), []).append(float(sum(s.iterations for s in stats)))
-            out.setdefault(solver_name(name, key, "residual"), []).append(max(s.max_residual for s in stats))
             out.setdefault(solver_name(name, key, "nfe"), []).append(float(sum(s.nfe for s in stats)))
+            res = [s.residual.max() for s in stats if s.residual is not None and s.residual.numel()]
+            if res:
+                out.setdefault(solver_name(name, key, "residual"), []).append(torch_max(res))
             out.setdefault(solver_name(name, key, "unconverged"), []).append(
-                float(sum(int((~s.converged).sum()) for s in stats)))
+                sum((~s.converged).sum() for s in stats if s.converged is not None))
     return out
 
 
-def _mean_metrics(acc: Dict[str, List[float]]) -> Dict[str, float]:
-    return {k: (sum(v) / len(v)) for k, v in acc.items() if v}
+def torch_max(values: List[Any]) -> Any:
+    import torch
+
+    return torch.stack(values).max() if len(values) > 1 else values[0]
+
+
+def _mean_metrics(acc: Dict[str, List[Any]]) -> Dict[str, float]:
+    """Epoch means of per-batch values (floats or 0-d tensors): one host read per metric."""
+    import torch
+
+    out = {}
+    for k, v in acc.items():
+        if not v:
+            continue
+        tensors = [x for x in v if isinstance(x, torch.Tensor)]
+        if tensors:
+            total = float(torch.stack([t.double().reshape(()) for t in tensors]).sum()) + sum(
+                float(x) for x in v if not isinstance(x, torch.Tensor))
+        else:
+            total = float(sum(v))
+        out[k] = total / len(v)
+    return out
 
 
 def train_and_log(config: Dict[str, Any], tracker: "T.Tracker", run_id: str, device: str = "cpu",
@@ -242,7 +266,7 @@ def train_and_log(config: Dict[str, Any], tracker: "T.Tracker", run_id: str, dev
             res = {k: v for k, v in evaluate(m, loader, task, device).items() if k != "n"}
             m.train()  # evaluate() left eval mode; the epoch goes on
             evaluations.append((steps[0], res))
-            tracker.log_metrics(run_id, {periodic_name(split, k): v for k, v in res.items()}, step=steps[0])
+            metric_buffer.log({periodic_name(split, k): v for k, v in res.items()}, step=steps[0])
 
     def on_epoch(epoch: int, metrics: Dict[str, float]) -> None:
         loss = metrics.get("train/loss", float("nan"))
@@ -254,7 +278,7 @@ def train_and_log(config: Dict[str, Any], tracker: "T.Tracker", run_id: str, dev
         now = time.perf_counter()
         row["time/epoch_s"] = now - t_epoch[0]
         t_epoch[0] = now
-        tracker.log_metrics(run_id, row, step=epoch + 1)
+        metric_buffer.log(row, step=epoch + 1)
         last.clear()
         last.update(row)
         if progress:
@@ -262,8 +286,12 @@ def train_and_log(config: Dict[str, Any], tracker: "T.Tracker", run_id: str, dev
         if epoch_hook is not None:
             epoch_hook(epoch + 1, row)
 
-    fit(model, task, train_set, tcfg, device=device, seed=seed, val_set=val_set, penalty_fn=penalty,
-        callback=on_epoch, eval_batch_size=ecfg.get("batch_size"), on_batch=on_batch)
+    metric_buffer = T.MetricBuffer(tracker, run_id)  # per-epoch metrics written in batches (issue 14)
+    try:
+        fit(model, task, train_set, tcfg, device=device, seed=seed, val_set=val_set, penalty_fn=penalty,
+            callback=on_epoch, eval_batch_size=ecfg.get("batch_size"), on_batch=on_batch)
+    finally:  # also on divergence, pruning or Ctrl-C: the curve up to that point is kept
+        metric_buffer.flush()
 
     final = evaluate(model, loader, task, device)
     final_metrics = {final_name(split, k): v for k, v in final.items() if k != "n"}

@@ -523,3 +523,37 @@ def test_a_stopped_process_holding_the_store_lock_gives_a_bounded_clear_error(en
         holder.kill()
         holder.wait()
     assert cli("list", s).exit_code == 0  # the lock went with the process; the store is intact
+
+
+def test_buffered_metrics_reach_the_store_at_the_end_and_when_training_stops_early(env):
+    """Per-epoch metrics are written in batches (MetricBuffer): nothing before a flush, everything after it — and a
+    run stopped by its epoch hook (pruning, divergence) still has every epoch it finished."""
+    from bench.runner import train_and_log
+    from bench.suite import load_suite
+    from bench.tracking import MetricBuffer, Tracker
+
+    tr = Tracker(_store(env))
+    exp = tr.experiment_id("buffer")
+    rid = tr.start_run(exp, "unit", {})
+    buf = MetricBuffer(tr, rid, flush_every=3600.0)
+    for e in range(3):
+        buf.log({"a": float(e), "b": 2.0 * e}, step=e + 1)
+    assert tr.metric_history(rid, "a") == []
+    buf.flush()
+    assert sorted((m.step, m.value) for m in tr.metric_history(rid, "a")) == [(1, 0.0), (2, 1.0), (3, 2.0)]
+
+    s = _write(env, "stop.yaml", """
+        name: stop-suite
+        task: {name: ex1_sine}
+        train: {epochs: 10}
+    """)
+    config = load_suite(s).specs[0].config
+    rid2 = tr.start_run(exp, "stopped", {})
+
+    def hook(epoch, row):
+        if epoch == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_and_log(config, tr, rid2, epoch_hook=hook)
+    assert sorted(m.step for m in tr.metric_history(rid2, "train/loss")) == [1, 2, 3, 4]
