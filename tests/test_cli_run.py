@@ -557,3 +557,43 @@ def test_buffered_metrics_reach_the_store_at_the_end_and_when_training_stops_ear
     with pytest.raises(KeyboardInterrupt):
         train_and_log(config, tr, rid2, epoch_hook=hook)
     assert sorted(m.step for m in tr.metric_history(rid2, "train/loss")) == [1, 2, 3, 4]
+
+
+def test_sqlite_fast_metric_path_reads_back_exactly_like_mlflows_own_log_batch(env):
+    """Oracle: MLflow's log_batch. The same metrics (NaN, ±inf, a duplicate row, steps out of order, a later step with a
+    smaller timestamp, a tie broken by value) written by MLflow into one run and by the fast SQLite path into another
+    must read back identically through MlflowClient: every history and the latest value per key."""
+    import math as _m
+
+    from mlflow.entities import Metric
+
+    from bench.tracking import Tracker
+
+    tr = Tracker(_store(env))
+    exp = tr.experiment_id("fast")
+    ref, fast = tr.start_run(exp, "ref", {}), tr.start_run(exp, "fast", {})
+    ms = [Metric("a", 1.0, 1000, 1), Metric("a", 2.0, 900, 2), Metric("a", 0.5, 1100, 1), Metric("a", 2.0, 900, 2),
+          Metric("b", float("nan"), 1000, 3), Metric("b", 4.0, 1000, 2), Metric("c", float("inf"), 5, 0),
+          Metric("c", -float("inf"), 6, 0), Metric("d", 3.0, 7, 4), Metric("d", 5.0, 7, 4)]
+    tr.client.log_batch(ref, metrics=ms[:5])
+    tr.client.log_batch(ref, metrics=ms[5:])
+    tr.log_metric_batch(fast, ms[:5])
+    tr.log_metric_batch(fast, ms[5:])
+
+    def key(m):
+        return (m.step, m.timestamp, "nan" if _m.isnan(m.value) else m.value)
+
+    for k in "abcd":
+        assert sorted(map(key, tr.client.get_metric_history(fast, k))) == \
+            sorted(map(key, tr.client.get_metric_history(ref, k))), k
+    latest_ref = tr.client.get_run(ref).data.metrics
+    latest_fast = tr.client.get_run(fast).data.metrics
+    assert set(latest_ref) == set(latest_fast) == set("abcd")
+    for k in "abcd":
+        a, b = latest_ref[k], latest_fast[k]
+        assert (_m.isnan(a) and _m.isnan(b)) or a == b, (k, a, b)
+    tr.client.delete_run(fast)
+    from bench.paths import StoreError
+
+    with pytest.raises(StoreError, match="deleted"):
+        tr.log_metric_batch(fast, ms[:1])
