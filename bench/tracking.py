@@ -13,7 +13,6 @@ import contextlib
 import errno
 import functools
 import json
-import math
 import os
 import random
 import re
@@ -311,7 +310,9 @@ class Tracker:
             for i in range(0, len(metrics), 500):
                 self.client.log_batch(run_id, metrics=metrics[i:i + 500])
             return
-        _sqlite_log_metrics(db, run_id, metrics)
+        from .sqlitestore import log_metrics
+
+        log_metrics(db, run_id, metrics)
 
     @_retry
     def set_tags(self, run_id: str, tags: Dict[str, Any]) -> None:
@@ -401,46 +402,6 @@ class MetricBuffer:
         self.last = time.monotonic()
         if items:
             self.tracker.log_metric_batch(self.run_id, items)
-
-
-_MAX_FLOAT = 1.7976931348623157e308
-
-
-def _sqlite_log_metrics(db: Path, run_id: str, metrics: List[Any]) -> None:
-    """See :meth:`Tracker.log_metric_batch`."""
-    import sqlite3
-
-    rows, latest = [], {}
-    for m in metrics:
-        v = float(m.value)
-        nan = math.isnan(v)
-        val = 0.0 if nan else (math.copysign(_MAX_FLOAT, v) if math.isinf(v) else v)
-        rows.append((m.key, val, int(m.timestamp), run_id, int(m.step), int(nan)))
-        cur = latest.get(m.key)
-        if cur is None or (m.step, m.timestamp, val) > (cur[3], cur[2], cur[1]):
-            latest[m.key] = (m.key, val, int(m.timestamp), int(m.step), int(nan), run_id)
-    con = sqlite3.connect(str(db), timeout=1.0, isolation_level=None)  # busy: the caller's _retry waits and retries
-    try:
-        con.execute("BEGIN IMMEDIATE")
-        try:
-            stage = con.execute("SELECT lifecycle_stage FROM runs WHERE run_uuid = ?", (run_id,)).fetchone()
-            if stage is None or stage[0] != "active":
-                raise StoreError(f"cannot log metrics to run {run_id}: it is "
-                                 f"{'missing' if stage is None else stage[0]} in {db}")
-            con.executemany('INSERT OR IGNORE INTO metrics ("key", value, timestamp, run_uuid, step, is_nan) '
-                            "VALUES (?, ?, ?, ?, ?, ?)", rows)
-            con.executemany(
-                'INSERT INTO latest_metrics ("key", value, timestamp, step, is_nan, run_uuid) VALUES (?, ?, ?, ?, ?, ?) '
-                'ON CONFLICT("key", run_uuid) DO UPDATE SET value = excluded.value, timestamp = excluded.timestamp, '
-                "step = excluded.step, is_nan = excluded.is_nan WHERE (excluded.step, excluded.timestamp, "
-                "excluded.value) > (latest_metrics.step, latest_metrics.timestamp, latest_metrics.value)",
-                list(latest.values()))
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-    finally:
-        con.close()
 
 
 def _create_sqlite_atomically(uri: str) -> None:

@@ -3,17 +3,19 @@ ratio against a baseline measured in the same process, so a noisy machine shifts
 
     OMP_NUM_THREADS=2 python benchmarks/bench_overhead.py [--device cpu|cuda] [--repeats 7] [--sections 1,2,3]
 
-1. **Implicit step vs its F-evaluation lower bound**: wall time of one forward solve divided by nfe × (median time
-   of one evaluation of the step's map g) — 1.0 means the solver costs nothing beyond the field. Three states:
+1. **Implicit step vs its F-evaluation lower bound**: wall time of one forward solve divided by nfe × (time of one
+   evaluation of the step's map g; both the fastest of many calls) — 1.0 means the solver costs nothing beyond the field. Three states:
    ex1's (20 points × 2, the paper's GELU MLP 2→10→10→10→10→2, θ = 0.5), an MLP state (256 × 100, tanh MLP
-   100→100→100, Lip ≈ 0.9) and a conv state (64 × 16 × 32 × 32, pre-activation tanh conv field, Lip 0.9, θ = 1).
+   100→100→100, Lip ≈ 0.9) and a conv state (64 × 16 × 32 × 32, pre-activation tanh conv field, Lip 0.9, θ = 1),
+   the last also near its linear regime (inputs × 0.05), where Picard contracts slowly and Anderson saves most.
    The library's default forward tolerance (``rms`` 1e-5, float32). With torchdeq installed
    (``pip install torchdeq``, optional, benchmark only), its Anderson on the same maps with the same stopping
    rule (max over the batch of the per-sample ‖g(y) − y‖ ≤ 1e-5·√n, memory 5, from the same y₀).
 2. **Peak memory of one training step**, implicit (θ = 1, IFT backward, default solvers) vs explicit (θ = 0) on the
-   conv state: peak bytes allocated during forward + backward (CPU: the profiler's allocation events; CUDA:
-   ``max_memory_allocated``), and the bytes held from forward to backward (autograd's saved tensors, each storage
-   once).
+   conv state — and on a network, ResNet-D n = 3 in θ-form (18 layers, batch 128 of MNIST-shaped inputs), θ = 1 vs
+   θ = 0: peak bytes allocated during forward + backward (CPU: the profiler's per-op allocations in time order;
+   CUDA: ``max_memory_allocated``), and the bytes held from forward to backward (autograd's saved tensors, each
+   storage once).
 3. **One ex1 training epoch** at the paper suite's settings (full batch, T = 5, Jacobian + divergence penalties,
    Adam) with L-BFGS (the suite) and Anderson, and the cost of logging the epoch's metrics to a fresh SQLite MLflow
    store: immediately (one write per epoch) vs buffered (``bench.tracking.MetricBuffer``).
@@ -41,7 +43,9 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def median_time(fn, repeats, device, warmup=2):
+def best_time(fn, repeats, device, warmup=2):
+    """The fastest of ``repeats`` timed calls (after ``warmup``): on a shared machine noise only ever adds time, so
+    the minimum is the stable estimate of what the code costs."""
     for _ in range(warmup):
         fn()
     sync(device)
@@ -51,7 +55,7 @@ def median_time(fn, repeats, device, warmup=2):
         out = fn()
         sync(device)
         ts.append(time.perf_counter() - t0)
-    return out, statistics.median(ts)
+    return out, min(ts)
 
 
 def opnorm(f, shape, iters=40):
@@ -98,6 +102,9 @@ def problems(device):
             conv.weight.mul_(0.9 ** 0.5 / s3)
     x3 = torch.randn(64, 16, 32, 32, device=device)
     out.append(("conv 64x16x32x32 (theta 1)", lambda y: x3 + f3(y), x3 + f3(x3)))
+    # the same field near its linear regime (small x: tanh unsaturated, contraction ≈ 0.9): Picard needs many steps
+    x4 = 0.05 * torch.randn(64, 16, 32, 32, device=device)
+    out.append(("conv slow (small x, theta 1)", lambda y: x4 + f3(y), x4 + f3(x4)))
     return out
 
 
@@ -119,17 +126,17 @@ def section_overhead(device, repeats):
     for label, g, y0 in problems(device):
         with torch.no_grad():
             n = y0[0].numel()
-            _, t_g = median_time(lambda: g(y0), max(repeats * 5, 30), device)
+            _, t_g = best_time(lambda: g(y0), max(repeats * 5, 30), device)
             rows = []
             for name, opts in (("fixed_point", {}), ("anderson", {"m": 5})):
                 solve = get_nonlinear(name)
-                (y, st), t = median_time(lambda: solve(g, y0, tol=TOL_RMS, mode="rms", max_iter=300, **opts),
+                (y, st), t = best_time(lambda: solve(g, y0, tol=TOL_RMS, mode="rms", max_iter=300, **opts),
                                          repeats, device)
                 rows.append((name, st.nfe, getattr(st, "stop", "") or "-", st.max_residual * math.sqrt(n), t))
             if tdq is not None:
                 def run_tdq():
                     return tdq(g, y0, max_iter=300, tol=TOL_RMS * math.sqrt(n), stop_mode="abs", m=5)
-                (y, _, info), t = median_time(run_tdq, repeats, device)
+                (y, _, info), t = best_time(run_tdq, repeats, device)
                 nfe = int(info["nstep"].max()) + 1  # its loop evaluates f once per step, plus the two Picard starts
                 res = float((g(y) - y).reshape(y.shape[0], -1).norm(dim=1).max())
                 rows.append(("torchdeq anderson", nfe, "-", res, t))
@@ -152,10 +159,9 @@ def peak_bytes(fn, device):
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    cur = peak = 0
-    events = sorted((e for e in prof.events() if e.name == "[memory]"), key=lambda e: e.time_range.start)
-    for e in events:
-        cur += e.cpu_memory_usage
+    cur = peak = 0  # running sum of every op's own allocations minus frees, in time order
+    for e in sorted(prof.events(), key=lambda e: e.time_range.start):
+        cur += e.self_cpu_memory_usage
         peak = max(peak, cur)
     return peak
 
@@ -201,11 +207,32 @@ def section_memory(device):
         step()  # warm-up (allocator, lazy init)
         peak = peak_bytes(step, device)
         rows.append((label, peak, step.held))
+    # a network: ResNet-D n = 3 in θ-form (16 channels, 18 layers), batch 128 of MNIST-shaped inputs, θ = 0 vs θ = 1
+    from irn_core.models import build_model
+
+    xb = torch.rand(128, 1, 28, 28, device=device)
+    yb = torch.randint(0, 10, (128,), device=device)
+    for label, theta in (("resnet_d n=3 theta 0", 0.0), ("resnet_d n=3 theta 1", 1.0)):
+        torch.manual_seed(0)
+        net = build_model({"name": "resnet_ds", "variant": "D", "n": 3, "in_channels": 1, "form": "theta",
+                           "layer": {"theta": theta, "on_nonconvergence": "ignore"}}).to(device)
+
+        def nstep(net=net):
+            net.zero_grad(set_to_none=True)
+            out, held = saved_bytes(lambda: net(xb))
+            nn.functional.cross_entropy(out, yb).backward()
+            nstep.held = held
+
+        nstep()
+        rows.append((label, peak_bytes(nstep, device), nstep.held))
     base_peak, base_held = rows[0][1], rows[0][2]
     state = x.numel() * x.element_size()
     print(f"(one state = {state / 2**20:.1f} MiB)")
     print(f"{'step':28s} {'peak MiB':>9s} {'peak/explicit':>13s} {'held MiB':>9s} {'held/explicit':>13s}")
-    for label, peak, held in rows:
+    for i, (label, peak, held) in enumerate(rows):
+        if i == 3:
+            base_peak, base_held = peak, held
+            print("network (ratios to its theta = 0 step):")
         print(f"{label:28s} {peak / 2**20:9.1f} {peak / base_peak:13.2f} {held / 2**20:9.1f} {held / base_held:13.2f}")
 
 
@@ -233,15 +260,18 @@ def section_ex1(device, epochs):
         times = []
         t = [time.perf_counter()]
 
-        def on_epoch(epoch, metrics, t=t, times=times):
+        losses = {}
+
+        def on_epoch(epoch, metrics, t=t, times=times, losses=losses):
             now = time.perf_counter()
             times.append(now - t[0])
             t[0] = now
             on_epoch.last = metrics
+            losses[epoch + 1] = metrics.get("train/loss")
 
         fit(model, task, train, {**c["train"], "epochs": epochs}, device=device, seed=10, val_set=val,
             penalty_fn=penalty, callback=on_epoch)
-        rows[label] = (statistics.median(times[2:]), on_epoch.last.get("train/loss"))
+        rows[label] = (statistics.median(times[2:]), on_epoch.last.get("train/loss"), losses)
     import mlflow  # noqa: F401  (import cost not counted)
 
     from bench.tracking import MetricBuffer, Tracker
@@ -263,8 +293,14 @@ def section_ex1(device, epochs):
         buf.flush()
         buffered = (time.perf_counter() - t0) / epochs
     print(f"{'solver':16s} {'s/epoch':>9s} {'+ log each epoch':>17s} {'+ buffered log':>15s} {'loss at end':>12s}")
-    for label, (t, loss) in rows.items():
+    for label, (t, loss, _) in rows.items():
         print(f"{label:16s} {t:9.4f} {t + direct:17.4f} {t + buffered:15.4f} {loss:12.4g}")
+    marks = [e for e in (1, 10, 100, 300, 1000, 2000, 3000) if e <= epochs]
+    ref, alt = rows["lbfgs (suite)"][2], rows["anderson"][2]
+    print("training loss (the same seed, data and model; only the forward solver differs):")
+    print(f"{'epoch':>6s} {'lbfgs':>11s} {'anderson':>11s} {'rel. diff':>9s}")
+    for e in marks:
+        print(f"{e:6d} {ref[e]:11.4e} {alt[e]:11.4e} {abs(alt[e] - ref[e]) / abs(ref[e]):9.2%}")
     base = rows["lbfgs (suite)"][0]
     print(f"tracking per epoch: immediate {direct * 1e3:.2f} ms ({direct / base:.1%} of an L-BFGS epoch), buffered "
           f"{buffered * 1e3:.3f} ms ({buffered / base:.2%})")

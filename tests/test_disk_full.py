@@ -122,21 +122,21 @@ def test_tracking_store_full_stops_the_suite_with_one_line_and_the_rerun_finishe
                      "matrix: {model.layer.theta: [0.0, 0.5, 1.0]}\n")
     from bench.tracking import Tracker
 
-    real = Tracker.log_metrics
+    real = Tracker.log_metric_batch  # the per-epoch metrics, written in batches (MetricBuffer)
     calls = {"n": 0}
 
-    def full(self, run_id, metrics, step):
+    def full(self, run_id, metrics):
         calls["n"] += 1
-        if calls["n"] == 5:  # mid-way through the second cell
+        if calls["n"] == 2:  # the second cell's epochs
             raise sqlite3.OperationalError("database or disk is full")
-        return real(self, run_id, metrics, step)
+        return real(self, run_id, metrics)
 
-    monkeypatch.setattr(Tracker, "log_metrics", full)
+    monkeypatch.setattr(Tracker, "log_metric_batch", full)
     code, out = _bench("run", suite, "--no-report")
     assert code == 1, out
     errors = [ln for ln in out.splitlines() if ln.startswith("error")]
     assert len(errors) == 1 and "database or disk is full" in errors[0] and "mlflow.db" in errors[0], out
-    monkeypatch.setattr(Tracker, "log_metrics", real)
+    monkeypatch.setattr(Tracker, "log_metric_batch", real)
     tr = Tracker(f"sqlite:///{env / 'results' / 'mlflow.db'}")
     runs = tr.cell_runs(tr.experiment_id("dfr", create=False))
     assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED"]  # the third cell never started

@@ -272,7 +272,7 @@ def _svg_texts(path: Path) -> str:
 @pytest.mark.parametrize("stem,expected", [
     ("01-training_curves-ex1", ["epoch", "training loss", "θ=0", "θ=1"]),
     ("02-solver_cost-ex1", ["implicit layer", "wall time per epoch [s]", "θ=1"]),
-    ("03-accuracy_vs_noise", ["top1 accuracy [%]", "gaussian noise severity (severity)", "paper", "θ=0"]),
+    ("03-accuracy_vs_noise", ["top1 accuracy [%]", "gaussian noise: std σ of x + σ·N(0, 1) [input units]", "paper", "θ=0"]),
     ("04-vector_field-ex1", ["$y_1$", "$y_2$", "initial states", "θ=1 (seed 0)"]),
     ("05-spectrum-regions", ["Re z", "Im z", "θ = 0", "θ = 1"]),
     ("05-spectrum-spectra", ["Re z", "Im z", "train", "test"]),
@@ -566,3 +566,18 @@ def test_the_papers_depth_claim_read_in_its_own_table_5_4():
         vals = [float(v) for v in r["accuracy (%)"].split(" → ")]
         assert (r["grows with depth"] == "yes") == all(b >= a for a, b in zip(vals, vals[1:]))
     assert 0 < (t["grows with depth"] != "yes").sum() < len(t)
+
+
+def test_spectrum_axes_zoom_to_the_eigenvalues():
+    """The spectra figure's axes follow the eigenvalues (a cluster near 0 is not a dot on [−3, 3]) and keep 0 in view."""
+    import numpy as np
+
+    from bench.report.kinds.spectrum import zoom
+
+    small = np.array([0.01 + 0.02j, -0.05 - 0.01j, 0.03 + 0j])
+    re, im = zoom(small)
+    assert re[0] < -0.05 and re[1] > 0.03 and re[1] - re[0] <= 1.0 and im[1] <= 0.5
+    far = np.array([-5.0 + 1j, -4.0 - 1j])
+    re, im = zoom(far)
+    assert re[0] < -5.0 and re[1] >= 0.0 and im[1] >= 1.0
+    assert zoom(np.array([np.nan + 0j])) == ((-3.0, 3.0), (-3.0, 3.0))

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 
 from ..registry import Registry as BaseRegistry
@@ -113,24 +114,34 @@ STOP_REASONS = ("converged", "max_iter", "stalled", "diverged", "breakdown")
 STALL_GAIN = 0.01
 
 
+def to_host(res) -> np.ndarray:
+    """A per-sample residual as a float64 NumPy array on the host (a device tensor is read: one synchronisation)."""
+    if isinstance(res, np.ndarray):
+        return res.astype(np.float64, copy=False)
+    return res.detach().cpu().numpy().astype(np.float64, copy=False)
+
+
 class Progress:
-    """The per-iteration bookkeeping every nonlinear solver shares, O(batch) device work and **one** host read per
-    iteration (the stop test): the per-sample lowest residual and its iterate, the max-over-batch residual history
-    (kept on the device, read once at the end) and the stop reason.
+    """The per-iteration bookkeeping every nonlinear solver shares: the per-sample lowest residual and its iterate,
+    the max-over-batch residual history, the stop test and its reason — for **one** host read of the per-sample
+    residual (B numbers) per iteration and no other device work: the test, the best residuals and the history are
+    kept on the host (float64 NumPy), where they cost microseconds instead of a dozen device kernels.
 
     The best iterate is kept *by reference*: the solvers make a new tensor for every iterate and never write into one
     they handed over, so when every sample improves (the usual case) nothing is copied; only a mixed batch costs one
     ``torch.where`` over the state. ``stall`` > 0 stops after that many consecutive iterations in which no
     unconverged sample lowered its best residual by ≥ :data:`STALL_GAIN` (1 %)."""
 
-    def __init__(self, y0: torch.Tensor, res0: torch.Tensor, tol: float, max_iter: int, stall: int = 0):
-        self.best_y, self.best_res, self.init_res = y0, res0, res0
+    def __init__(self, y0: torch.Tensor, res0, tol: float, max_iter: int, stall: int = 0):
+        r = to_host(res0)
+        self.dtype = res0.dtype if isinstance(res0, torch.Tensor) else y0.dtype
+        self.device = y0.device
+        self.best_y, self.best, self.init = y0, r.copy(), r
         self.tol, self.max_iter, self.stall = tol, max_iter, stall
         self.it, self.quiet = 0, 0
-        self._hist = torch.empty(max(0, max_iter), dtype=res0.dtype, device=res0.device)
-        self.diverged = False
+        self.hist: List[float] = []
         self.stop = ""
-        if bool((res0 <= tol).all()):
+        if bool((r <= tol).all()):
             self.stop = "converged"
         elif max_iter <= 0:
             self.stop = "max_iter"
@@ -139,29 +150,28 @@ class Progress:
     def done(self) -> bool:
         return bool(self.stop)
 
-    def update(self, y: torch.Tensor, res: torch.Tensor) -> bool:
-        """Record iterate ``y`` (per-sample residual ``res``); True when the solve should stop."""
-        prev = self.best_res
-        better = res < prev
-        self.best_res = torch.where(better, res, prev)
-        if self.it == self._hist.numel():  # L-BFGS's line search may overrun its evaluation budget
-            self._hist = torch.cat([self._hist, torch.empty_like(self._hist[:1]).expand(max(1, self.it))])
-        self._hist[self.it] = res.max()
-        self.it += 1
-        finite = torch.isfinite(res)
-        flags = [((self.best_res <= self.tol) | ~finite).all(), better.all(), better.any(), finite.all()]
+    def update(self, y: torch.Tensor, res) -> bool:
+        """Record iterate ``y`` with per-sample residual ``res`` (a device tensor, read here, or a host array);
+        True when the solve should stop."""
+        r = to_host(res)
+        prev = self.best
+        better = r < prev  # NaN compares False: a sample that blew up never replaces its best
         if self.stall:
-            flags.append((better & (res < (1.0 - STALL_GAIN) * prev) & (prev > self.tol)).any())
-        flags = torch.stack(flags).tolist()  # the one host read of the iteration
-        if flags[1]:
+            moving = bool((better & (r < (1.0 - STALL_GAIN) * prev) & (prev > self.tol)).any())
+        self.best = np.where(better, r, prev)
+        self.hist.append(float(r.max()))
+        self.it += 1
+        if better.all():
             self.best_y = y
-        elif flags[2]:
-            self.best_y = torch.where(better.view(-1, *([1] * (y.dim() - 1))), y, self.best_y)
-        self.diverged = not flags[3]
-        if flags[0]:
-            self.stop = "diverged" if self.diverged and not bool((self.best_res <= self.tol).all()) else "converged"
+        elif better.any():
+            mask = torch.from_numpy(better).to(y.device, non_blocking=True)
+            self.best_y = torch.where(mask.view(-1, *([1] * (y.dim() - 1))), y, self.best_y)
+        finite = np.isfinite(r)
+        met = self.best <= self.tol
+        if (met | ~finite).all():
+            self.stop = "converged" if met.all() else "diverged"
         elif self.stall:
-            self.quiet = 0 if flags[4] else self.quiet + 1
+            self.quiet = 0 if moving else self.quiet + 1
             if self.quiet >= self.stall:
                 self.stop = "stalled"
         if not self.stop and self.it >= self.max_iter:
@@ -171,10 +181,11 @@ class Progress:
     def finish(self, name: str, nfe: int, t0: float, mode: str, shape=None) -> Tuple[torch.Tensor, SolverStats]:
         """The best iterate per sample (reshaped to ``shape`` when given) and the solve's :class:`SolverStats`."""
         y = self.best_y if shape is None else self.best_y.reshape(shape)
-        stats = SolverStats(solver=name, iterations=self.it, residual=self.best_res,
-                            converged=self.best_res <= self.tol, nfe=nfe, wall_time=time.perf_counter() - t0,
-                            init_residual=self.init_res, history=self._hist[:self.it].tolist(), tol=self.tol,
-                            mode=mode, stop=self.stop or "max_iter")
+        res = torch.from_numpy(self.best).to(device=self.device, dtype=self.dtype)
+        stats = SolverStats(solver=name, iterations=self.it, residual=res, converged=res <= self.tol, nfe=nfe,
+                            wall_time=time.perf_counter() - t0,
+                            init_residual=torch.from_numpy(self.init).to(device=self.device, dtype=self.dtype),
+                            history=self.hist, tol=self.tol, mode=mode, stop=self.stop or "max_iter")
         return y, stats
 
 

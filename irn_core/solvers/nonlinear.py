@@ -13,10 +13,11 @@ import math
 import time
 from typing import Callable, Tuple
 
+import numpy as np
 import torch
 
 from .base import (Progress, Registry, SolverStats, batch_norm, check_initial, check_mode, check_stall,
-                   prepare_forward_ad, residual_norm)
+                   prepare_forward_ad, residual_norm, to_host)
 
 __all__ = ["NONLINEAR_SOLVERS", "register_nonlinear", "get_nonlinear", "fixed_point", "anderson", "lbfgs", "newton_krylov"]
 
@@ -25,6 +26,9 @@ register_nonlinear = NONLINEAR_SOLVERS.register
 get_nonlinear = NONLINEAR_SOLVERS.get
 
 Map = Callable[[torch.Tensor], torch.Tensor]
+
+#: Anderson computes its Gram row elementwise (one temporary of B·m·n entries) below this size, by bmm above
+SMALL_PRODUCT_BYTES = 1 << 20
 
 
 @register_nonlinear("fixed_point")
@@ -62,10 +66,10 @@ def anderson(g: Map, y0: torch.Tensor, *, tol: float = 1e-6, max_iter: int = 100
     the plain step from its latest iterate (α = that iterate's unit vector). The next iterate is
     Σα_i (y_i + β G_i) = Σα_i g(y_i) − (1−β) Σα_i G_i.
 
-    Cost per iteration beyond the F-evaluation: the Gram matrix GGᵀ is updated by one row (⟨G_i, G_new⟩, one
-    batched matvec, O(m·n)) instead of recomputed (O(m²·n)); the residual norm is read off its diagonal; the
-    history buffers are allocated once; β = 1 skips the second combination; no pseudo-inverse, no host read
-    besides the stop test.
+    Cost per iteration beyond the F-evaluation: on the device, the new residual written into the history in place,
+    one batched matvec for the new row of the Gram matrix ⟨G_i, G_new⟩ (O(m·n); the matrix is never recomputed) and
+    one for the mixing; that row (m numbers per sample) is the iteration's one host read, and the Gram matrix, the
+    residual norm (its diagonal), the (m+1)×(m+1) systems and the stop test live on the host in float64.
     """
     check_mode(mode)
     if m < 1:
@@ -86,45 +90,66 @@ def anderson(g: Map, y0: torch.Tensor, *, tol: float = 1e-6, max_iter: int = 100
     mk = min(m, max_iter + 1)  # never more memory than there will be iterates
     F = torch.empty(B, mk, n, dtype=dt, device=dev)  # g(y_i)
     G = torch.empty(B, mk, n, dtype=dt, device=dev)  # g(y_i) − y_i
-    GG = torch.zeros(B, mk, mk, dtype=dt, device=dev)  # ⟨G_i, G_j⟩, one row/column replaced per iteration
-    H = torch.zeros(B, mk + 1, mk + 1, dtype=dt, device=dev)  # the bordered system; only the GG block changes
-    H[:, 0, 1:] = 1.0
-    H[:, 1:, 0] = 1.0
-    rhs = torch.zeros(B, mk + 1, 1, dtype=dt, device=dev)
-    rhs[:, 0] = 1.0
-    eye = torch.eye(mk, dtype=dt, device=dev)
-    tiny = torch.finfo(dt).eps
-    rooted = 1.0 / math.sqrt(max(1, n)) if mode == "rms" else 1.0
     F[:, 0], G[:, 0] = f, r
-    GG[:, 0, 0] = (r * r).sum(dim=1)
+    # the bordered system [[0, 1ᵀ], [1, GGᵀ]] on the host (float64); its GG block, ⟨G_i, G_j⟩, gets one new row and
+    # column per iteration
+    H = np.zeros((B, mk + 1, mk + 1))
+    H[:, 0, 1:] = H[:, 1:, 0] = 1.0
+    H[:, 1, 1] = to_host(batch_norm(r)) ** 2
+    rhs = np.zeros((B, mk + 1))
+    rhs[:, 0] = 1.0
+    eye = np.eye(mk)
+    diag = np.arange(1, mk + 1)
+    eps = float(torch.finfo(dt).eps)
+    root_n = math.sqrt(max(1, n))
+    small = B * mk * n * y0.element_size() <= SMALL_PRODUCT_BYTES
     xk = f if beta == 1.0 else x + beta * r  # first step: (damped) Picard
     k = 1  # iterates stored so far
     while True:
         fk = g(xk.reshape(shape)).reshape(B, n)
         nfe += 1
-        rk = fk - xk
         slot, nk = k % mk, min(k + 1, mk)
-        F[:, slot], G[:, slot] = fk, rk
-        row = torch.bmm(G[:, :nk], rk.unsqueeze(2)).squeeze(2)  # ⟨G_i, G_k⟩, i < nk
-        GG[:, slot, :nk] = row
-        GG[:, :nk, slot] = row
-        rn = row[:, slot].clamp_min(0.0).sqrt()
-        res = rn / (batch_norm(fk) + torch.finfo(dt).tiny ** 0.5) if mode == "rel" else rn * rooted
+        rk = torch.sub(fk, xk, out=G[:, slot])  # written in place: no transient residual tensor
+        F[:, slot] = fk
+        if small:  # ⟨G_i, G_k⟩, i < nk: an elementwise product beats bmm's per-sample GEMV on small states
+            row = (G[:, :nk] * rk.unsqueeze(1)).sum(dim=2)
+        else:
+            row = torch.bmm(G[:, :nk], rk.unsqueeze(2)).squeeze(2)
+        if mode == "rel":
+            row = torch.cat([row, batch_norm(fk).unsqueeze(1)], dim=1)
+        row = to_host(row)  # the iteration's one host read
+        H[:, 1 + slot, 1:nk + 1] = row[:, :nk]
+        H[:, 1:nk + 1, 1 + slot] = row[:, :nk]
+        rn = np.sqrt(np.maximum(row[:, slot], 0.0))
+        if mode == "rel":
+            res = rn / (row[:, nk] + float(torch.finfo(dt).tiny) ** 0.5)
+        else:
+            res = rn / root_n if mode == "rms" else rn
         if pr.update(xk, res):
             break
         k += 1
-        Gk = GG[:, :nk, :nk]
-        scale = Gk.diagonal(dim1=1, dim2=2).amax(dim=1).clamp_min(tiny)
-        Hk = H[:, :nk + 1, :nk + 1]
-        Hk[:, 1:, 1:] = Gk + ((lam + tiny) * scale)[:, None, None] * eye[:nk, :nk]
-        sol, info = torch.linalg.solve_ex(Hk, rhs[:, :nk + 1])
-        alpha = sol[:, 1:, 0]
-        bad = (info != 0) | ~torch.isfinite(alpha).all(dim=1)
-        alpha = torch.where(bad[:, None], eye[slot, :nk], alpha).unsqueeze(1)
-        xk = torch.bmm(alpha, F[:, :nk]).squeeze(1)
+        Hk = H[:, :nk + 1, :nk + 1].copy()
+        d = diag[:nk]
+        with np.errstate(all="ignore"):  # a diverged sample's inf/NaN stays in its own system
+            Hk[:, d, d] += (lam + eps) * np.maximum(Hk[:, d, d].max(axis=1), eps)[:, None]
+        sol, info = torch.linalg.solve_ex(torch.from_numpy(Hk), torch.from_numpy(rhs[:, :nk + 1]))
+        alpha = sol.numpy()[:, 1:]
+        bad = (info.numpy() != 0) | ~np.isfinite(alpha).all(axis=1)
+        if bad.any():  # singular, or a diverged sample: its plain step (the others are untouched)
+            alpha = alpha.copy()
+            alpha[bad] = eye[slot, :nk]
+        a = torch.from_numpy(np.ascontiguousarray(alpha)).to(device=dev, dtype=dt)
+        xk = _combine(a, F, nk, small)
         if beta != 1.0:
-            xk = xk - (1.0 - beta) * torch.bmm(alpha, G[:, :nk]).squeeze(1)
+            xk = xk - (1.0 - beta) * _combine(a, G, nk, small)
     return pr.finish("anderson", nfe, t0, mode, shape)
+
+
+def _combine(a: torch.Tensor, V: torch.Tensor, nk: int, small: bool) -> torch.Tensor:
+    """Σ_i a[:, i] V[:, i] over the first ``nk`` stored vectors, per sample."""
+    if small:
+        return (a.unsqueeze(2) * V[:, :nk]).sum(dim=1)
+    return torch.bmm(a.unsqueeze(1), V[:, :nk]).squeeze(1)
 
 
 class _Converged(Exception):

@@ -9,7 +9,8 @@ import pandas as pd
 
 from ..output import cell_key_columns, hue_colors, hue_value, json_key, key_label
 
-LINESTYLES = ["-", "--", ":", "-."]
+#: one dash pattern per value of the non-hue cell dimensions (8 distinct before they repeat)
+LINESTYLES = ["-", "--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 3)), (0, (8, 2, 1, 2))]
 
 
 @dataclass
@@ -17,7 +18,7 @@ class Cell:
     label: str            # legend label (the varying matrix values, seed excluded)
     hue: Any              # value of the hue key
     color: Any
-    linestyle: str
+    linestyle: Any
     runs: pd.DataFrame    # its runs (all seeds, any status)
 
     @property
@@ -130,8 +131,20 @@ def pretty_metric(m: str) -> str:
     if m in names:
         return names[m]
     if m.startswith("train/penalty/"):
-        return f"penalty: {m.split('/')[-1]}"
+        name = m.split("/")[-1]
+        return PENALTY_LABELS.get(name, f"penalty: {name}")
     return m
+
+
+#: what each logged penalty is (journal eq 20 and the papers' other terms); the divergence term is signed
+PENALTY_LABELS = {
+    "divergence": "divergence term α_div Σ w_t ∇·F (signed: < 0 = contracting)",
+    "jacobian": "Jacobian term α_jac Σ w_t ‖∂F/∂y‖²_F (≥ 0)",
+    "tv": "total variation α_TV/T Σ ‖γ_t − γ_{t−1}‖² (≥ 0)",
+    "frobenius": "weight penalty λ Σ ‖W‖²_F (≥ 0)",
+    "convergence_rate": "convergence-rate penalty (≥ 0)",
+    "nemon_lipschitz": "NEMON Lipschitz bound (≥ 0)",
+}
 
 
 def split_by_default(ctx, split_by):

@@ -246,6 +246,22 @@ def _monotone(ctx, sub, cells, e, cols_key, sevs, scale, dec, name, glabel, suff
     ctx.table(pd.DataFrame(rows), pd.DataFrame(num), (suffix + "-" if suffix else "") + "claim-monotone", cap)
 
 
+#: what the severity of each corruption is, in the units of the (unnormalised) input — pixel intensities in [0, 1]
+#: for the image tasks (bench.corruptions)
+NOISE_AXES = {
+    "gaussian": "std σ of x + σ·N(0, 1) [input units]",
+    "uniform": "ε of x + ε·U[−1, 1] [input units]",
+    "salt_pepper": "fraction of pixels set to 0 or 1",
+    "structured": "ε of x + ε·x̂ (one fixed test image) [input units]",
+    "fgsm": "ε of x + ε·sign ∇ₓ loss (ℓ∞) [input units]",
+    "pgd": "ℓ∞ radius ε [input units]",
+}
+
+
+def noise_axis(name: str, key: str) -> str:
+    return f"{name} noise: {NOISE_AXES[name]}" if name in NOISE_AXES else f"{name} noise severity ({key})"
+
+
 def _figure(ctx, num, cells, e, cols_key, name, glabel, suffix, with_ref, unit):
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
@@ -260,7 +276,7 @@ def _figure(ctx, num, cells, e, cols_key, name, glabel, suffix, with_ref, unit):
                             lw=1.5, capsize=2, label=_label(cols_key, c.hue))
             if with_ref and d["reference"].notna().any():
                 ax.plot(d["severity"], d["reference"], color=c.color, ls="--", marker="o", ms=4, mfc="white", lw=1.0)
-        ax.set_xlabel(f"{name} noise severity ({e['rows']})")
+        ax.set_xlabel(noise_axis(name, e["rows"]))
         ax.set_ylabel(f"{m} accuracy [{unit}]")
         ax.set_title(f"{m} accuracy vs {name} noise")
         handles, labels = ax.get_legend_handles_labels()

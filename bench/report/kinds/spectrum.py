@@ -1,6 +1,7 @@
 """spectrum: stability regions |R(z)| ≤ 1 of the θ-method with contours of the stability function
 (journal Figure 3), and the eigenvalues z = hλ of ∂F(γ, y)/∂y along the learned trajectories of the
-train (red) and test (blue) data over the region of the run's θ (Figure 8 bottom, Figure 10 bottom)."""
+train (red dots) and test (open blue circles) data over the region of the run's θ (Figure 8 bottom, Figure 10
+bottom); the axes zoom to the eigenvalues (``extent`` fixes them)."""
 from __future__ import annotations
 
 import math
@@ -98,6 +99,20 @@ def _regions_figure(ctx, thetas, e):
                                "holding the spectrum of a 1-Lipschitz field; × marks the pole z = 1/θ (journal Figure 3)")
 
 
+def zoom(z: np.ndarray, floor: float = 0.25, cap: float = 1e3):
+    """Axis limits (re, im) around the eigenvalues: the box holding every finite z, widened by 30 % and to at least
+    ``floor`` on each side of 0 (the origin, where the stability regions of every θ meet, stays in view), centred on
+    0 in the imaginary direction (spectra of real matrices are symmetric)."""
+    z = z[np.isfinite(z)]
+    if not z.size:
+        return (-3.0, 3.0), (-3.0, 3.0)
+    lo, hi = min(float(z.real.min()), 0.0), max(float(z.real.max()), 0.0)
+    pad = max(0.3 * (hi - lo), floor)
+    re = (max(lo - pad, -cap), min(hi + pad, cap))
+    r_im = min(max(float(np.abs(z.imag).max()) * 1.3, 0.5 * (re[1] - re[0]) * 0.6, floor), cap)
+    return re, (-r_im, r_im)
+
+
 def _spectra_figure(ctx, panels, e, title_part, suffix):
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
@@ -110,24 +125,24 @@ def _spectra_figure(ctx, panels, e, title_part, suffix):
     if e["extent"]:
         re, im = tuple(e["extent"][0]), tuple(e["extent"][1])
     else:
-        r = max(3.0, float(np.nanmax(np.abs(allz.real))) * 1.15, float(np.nanmax(np.abs(allz.imag))) * 1.15)
-        r = min(r, 1e3)
-        re, im = (-r, r), (-0.8 * r, 0.8 * r)
+        re, im = zoom(allz)
     for ax, (c, row, theta, ztr, zte) in zip(axes.flat, panels):
         _region(ax, theta, re, im, e["levels"])
+        # train: filled red dots; test: open blue circles drawn on top, so neither hides the other
+        ax.plot(ztr.real, ztr.imag, "o", color="tab:red", ms=2.5, alpha=0.6, mew=0, rasterized=True)
         if zte is not None:
-            ax.plot(zte.real, zte.imag, ".", color="tab:blue", ms=2, alpha=0.5, rasterized=True)
-        ax.plot(ztr.real, ztr.imag, ".", color="tab:red", ms=4, alpha=0.9, rasterized=True)
+            ax.plot(zte.real, zte.imag, "o", mfc="none", mec="tab:blue", ms=4, mew=0.6, alpha=0.8, rasterized=True)
         ax.set_title(f"{c.label} (seed {int(row['seed'])})", color=c.color if c.color is not None else "black")
     for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
-    handles = [Line2D([], [], color="tab:red", marker=".", ls="none"), Line2D([], [], color="tab:blue", marker=".", ls="none"),
-               Line2D([], [], color="0.82", lw=6)]
+    handles = [Line2D([], [], color="tab:red", marker="o", ms=4, mew=0, ls="none"),
+               Line2D([], [], marker="o", mfc="none", mec="tab:blue", ls="none"), Line2D([], [], color="0.82", lw=6)]
     fig.legend(handles, ["train", "test", "stability region |R(z)| ≤ 1"], loc="upper center", bbox_to_anchor=(0.5, 0.0),
                ncol=3, frameon=False)
     fig.suptitle("Eigenvalues z = hλ of ∂F(γ, y)/∂y along the learned trajectories, t = 0..T"
                  + (f" — {title_part}" if title_part else ""))
     fig.tight_layout()
     ctx.figure(fig, suffix or "spectra", "Jacobian eigenvalues (scaled by h) along the trajectories of the train (red) "
-                                         "and test (blue) data over each run's stability region (grey) and |R(z)| "
-                                         "contours (journal Figure 8 bottom)")
+                                         "(red dots) and test (open blue circles) data over each run's stability "
+                                         "region (grey) and |R(z)| contours, zoomed to the eigenvalues (journal "
+                                         "Figure 8 bottom)")

@@ -220,8 +220,8 @@ def render(ctx, e):
             if logy:
                 ax.set_yscale("log")
             ax.set_xlabel("epoch")
-            ax.set_ylabel(pretty_metric(m))
-            ax.set_title(m)
+            ax.set_ylabel(m)
+            ax.set_title(pretty_metric(m), fontsize=8)
         for ax in list(axes.flat)[n:]:
             ax.set_visible(False)
         handles, labels = axes.flat[0].get_legend_handles_labels()
