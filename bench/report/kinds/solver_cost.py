@@ -16,7 +16,8 @@ _PAT = re.compile(r"^solver/(.+)/(fwd|bwd)_iters$")
 
 
 def _check(e):
-    return [] if e["epochs"] in ("mean", "last") else [f"epochs: must be mean or last (got {e['epochs']!r})"]
+    ok = ("median", "mean", "last")
+    return [] if e["epochs"] in ok else [f"epochs: must be one of {', '.join(ok)} (got {e['epochs']!r})"]
 
 
 def _per_run(sub: pd.DataFrame, col: str, how: str) -> dict:
@@ -24,13 +25,14 @@ def _per_run(sub: pd.DataFrame, col: str, how: str) -> dict:
     for h, rows in sub.groupby("spec_hash"):
         vals = rows.sort_values("epoch")[col].dropna() if col in rows else pd.Series(dtype=float)
         if len(vals):
-            out[h] = float(vals.iloc[-1] if how == "last" else vals.mean())
+            out[h] = float(vals.iloc[-1] if how == "last" else (vals.mean() if how == "mean" else vals.median()))
     return out
 
 
-@register_report("solver_cost", {"hue": None, "split_by": None, "epochs": "mean", "layers": None, "decimals": 1},
+@register_report("solver_cost", {"hue": None, "split_by": None, "epochs": "median", "layers": None, "decimals": 1},
                  doc="forward/backward iterations per implicit layer and seconds per epoch, per cell "
-                     "(mean over epochs, mean ± std over seeds); θ = 0 layers make no solve", check=_check)
+                     "(median over epochs — each epoch's value averages every solve of the epoch — then mean ± std "
+                     "over seeds); θ = 0 layers make no solve", check=_check)
 def render(ctx, e):
     ep = ctx.data.epochs
     split_by = split_by_default(ctx, e["split_by"])
@@ -47,7 +49,7 @@ def render(ctx, e):
         cols = [(l, d) for l in layers for d in ("fwd", "bwd")]
         for l, d in cols:
             per[(l, d)] = _per_run(sub, f"solver/{l}/{d}_iters", e["epochs"])
-        tper = _per_run(sub, "time/epoch_s", "mean")
+        tper = _per_run(sub, "time/epoch_s", "median")  # robust to the odd slow epoch (a paused or shared machine)
         disp, num = [], []
         for c in cells:
             cfg = ctx.data.config(c.runs["spec_hash"].iloc[0])
@@ -75,10 +77,11 @@ def render(ctx, e):
             nrow["time_epoch_s/mean"], nrow["time_epoch_s/std"], nrow["n_seeds"] = m, sd, len(hashes)
             disp.append(drow)
             num.append(nrow)
-        how = "mean over epochs" if e["epochs"] == "mean" else "last epoch"
+        how = {"mean": "mean over epochs", "median": "median over epochs", "last": "last epoch"}[e["epochs"]]
         cap = (f"Solver cost{' — ' + title_part if title_part else ''}: nonlinear (forward) and linear (backward) "
-               f"iterations per implicit layer per training step ({how}; summed over the layer's steps), and wall "
-               f"time per epoch; mean ± std over seeds.")
+               f"iterations per implicit layer per training step ({how} of each epoch's mean over all its solves; "
+               f"summed over the layer's steps), and wall time per epoch (median over epochs); mean ± std over seeds "
+               f"when there are ≥ 2.")
         ctx.table(pd.DataFrame(disp), pd.DataFrame(num), suffix, cap)
         _figure(ctx, cells, layers, per, tper, hue, title_part, suffix, how)
 
