@@ -1,6 +1,6 @@
 """spectrum: stability regions |R(z)| ≤ 1 of the θ-method with contours of the stability function
 (journal Figure 3), and the eigenvalues z = hλ of ∂F(γ, y)/∂y along the learned trajectories of the
-train (red dots) and test (open blue circles) data over the region of the run's θ (Figure 8 bottom, Figure 10
+train (small red dots, on top) and test (open blue circles) data over the region of the run's θ (Figure 8 bottom, Figure 10
 bottom); the axes zoom to the eigenvalues (``extent`` fixes them)."""
 from __future__ import annotations
 
@@ -128,10 +128,10 @@ def _spectra_figure(ctx, panels, e, title_part, suffix):
         re, im = zoom(allz)
     for ax, (c, row, theta, ztr, zte) in zip(axes.flat, panels):
         _region(ax, theta, re, im, e["levels"])
-        # train: filled red dots; test: open blue circles drawn on top, so neither hides the other
-        ax.plot(ztr.real, ztr.imag, "o", color="tab:red", ms=2.5, alpha=0.6, mew=0, rasterized=True)
+        # test: open blue circles underneath; train: small filled red dots on top — neither hides the other
         if zte is not None:
-            ax.plot(zte.real, zte.imag, "o", mfc="none", mec="tab:blue", ms=4, mew=0.6, alpha=0.8, rasterized=True)
+            ax.plot(zte.real, zte.imag, "o", mfc="none", mec="tab:blue", ms=5, mew=0.5, alpha=0.35, rasterized=True)
+        ax.plot(ztr.real, ztr.imag, "o", color="tab:red", ms=2.2, mew=0, alpha=0.9, zorder=4, rasterized=True)
         ax.set_title(f"{c.label} (seed {int(row['seed'])})", color=c.color if c.color is not None else "black")
     for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
