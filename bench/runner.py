@@ -162,6 +162,8 @@ def _solver_metrics(model) -> Dict[str, List[Any]]:
     """Per implicit layer: forward/backward iterations, F-evaluations, max residual and unconverged samples of the
     last call (summed over its solves). Residuals and counts stay tensors (no host read per batch); the epoch's
     mean is taken once, in :func:`_mean_metrics`."""
+    import torch
+
     from irn_core import solver_stats
 
     out: Dict[str, List[Any]] = {}
@@ -174,33 +176,21 @@ def _solver_metrics(model) -> Dict[str, List[Any]]:
             out.setdefault(solver_name(name, key, "nfe"), []).append(float(sum(s.nfe for s in stats)))
             res = [s.residual.max() for s in stats if s.residual is not None and s.residual.numel()]
             if res:
-                out.setdefault(solver_name(name, key, "residual"), []).append(torch_max(res))
+                out.setdefault(solver_name(name, key, "residual"), []).append(torch.stack(res).max())
             out.setdefault(solver_name(name, key, "unconverged"), []).append(
-                sum((~s.converged).sum() for s in stats if s.converged is not None))
+                torch.stack([(~s.converged).sum() for s in stats]).sum())
     return out
 
 
-def torch_max(values: List[Any]) -> Any:
-    import torch
-
-    return torch.stack(values).max() if len(values) > 1 else values[0]
-
-
 def _mean_metrics(acc: Dict[str, List[Any]]) -> Dict[str, float]:
-    """Epoch means of per-batch values (floats or 0-d tensors): one host read per metric."""
+    """Epoch means of per-batch values — Python floats, or 0-d tensors (read here: one host read per metric)."""
     import torch
 
     out = {}
     for k, v in acc.items():
-        if not v:
-            continue
-        tensors = [x for x in v if isinstance(x, torch.Tensor)]
-        if tensors:
-            total = float(torch.stack([t.double().reshape(()) for t in tensors]).sum()) + sum(
-                float(x) for x in v if not isinstance(x, torch.Tensor))
-        else:
-            total = float(sum(v))
-        out[k] = total / len(v)
+        if v:
+            total = float(torch.stack(v).double().sum()) if isinstance(v[0], torch.Tensor) else sum(v)
+            out[k] = total / len(v)
     return out
 
 

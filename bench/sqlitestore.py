@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import math
 import sqlite3
+import sys
 from pathlib import Path
 from typing import Any, List
 
 from .paths import StoreError
-
-_MAX_FLOAT = 1.7976931348623157e308
-
 
 def log_metrics(db: Path, run_id: str, metrics: List[Any]) -> None:
     """Write MLflow ``Metric`` values (anything with key, value, timestamp, step) into the run ``run_id`` of the
@@ -20,7 +18,7 @@ def log_metrics(db: Path, run_id: str, metrics: List[Any]) -> None:
     for m in metrics:
         v = float(m.value)
         nan = math.isnan(v)
-        val = 0.0 if nan else (math.copysign(_MAX_FLOAT, v) if math.isinf(v) else v)
+        val = 0.0 if nan else (math.copysign(sys.float_info.max, v) if math.isinf(v) else v)  # MLflow's NaN/±inf
         rows.append((m.key, val, int(m.timestamp), run_id, int(m.step), int(nan)))
         cur = latest.get(m.key)
         if cur is None or (m.step, m.timestamp, val) > (cur[3], cur[2], cur[1]):

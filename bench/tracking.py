@@ -287,14 +287,8 @@ class Tracker:
         for i in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[i:i + 100])
 
-    @_retry
     def log_metrics(self, run_id: str, metrics: Dict[str, float], step: int) -> None:
-        from mlflow.entities import Metric
-
-        ts = int(time.time() * 1000)
-        items = [Metric(k, float(v), ts, step) for k, v in sorted(metrics.items()) if v is not None]
-        for i in range(0, len(items), 500):
-            self.client.log_batch(run_id, metrics=items[i:i + 500])
+        self.log_metric_batch(run_id, metric_rows(metrics, step))
 
     @_retry
     def log_metric_batch(self, run_id: str, metrics: List[Any]) -> None:
@@ -376,6 +370,14 @@ class Tracker:
                 self.finish(r.info.run_id, "KILLED")
 
 
+def metric_rows(metrics: Dict[str, float], step: int) -> List[Any]:
+    """``mlflow.entities.Metric`` rows of one step, stamped now (None values dropped)."""
+    from mlflow.entities import Metric
+
+    ts = int(time.time() * 1000)
+    return [Metric(k, float(v), ts, step) for k, v in sorted(metrics.items()) if v is not None]
+
+
 class MetricBuffer:
     """Metrics of one run collected in memory and written in batches: one store write per ``flush_every`` seconds
     (or per 1000 values) instead of one per epoch — an ex1 epoch is ~30 ms and one SQLite write ~10 ms. ``flush``
@@ -390,10 +392,7 @@ class MetricBuffer:
         self.last = time.monotonic()
 
     def log(self, metrics: Dict[str, float], step: int) -> None:
-        from mlflow.entities import Metric
-
-        ts = int(time.time() * 1000)
-        self.pending += [Metric(k, float(v), ts, step) for k, v in sorted(metrics.items()) if v is not None]
+        self.pending += metric_rows(metrics, step)
         if len(self.pending) >= self.max_pending or time.monotonic() - self.last >= self.flush_every:
             self.flush()
 

@@ -44,8 +44,8 @@ class SolverStats:
     init_residual: per-sample residual norm of the initial guess.
     history: max-over-batch residual after each iteration (for convergence-rate analysis).
     stop: what ended the solve — ``"converged"`` (every sample met tol), ``"max_iter"``, ``"stalled"`` (no
-    progress for ``stall`` iterations), ``"diverged"`` (a non-finite residual; the rest converged or stalled),
-    ``"breakdown"`` (a linear solver's Krylov space was exhausted); "" where a solver does not say.
+    progress for ``stall`` iterations), ``"diverged"`` (a non-finite residual; the rest converged or stalled);
+    "" where a solver does not say.
     """
 
     solver: str
@@ -108,7 +108,7 @@ class BestIterate:
             self.res = torch.where(better, res, self.res)
 
 
-STOP_REASONS = ("converged", "max_iter", "stalled", "diverged", "breakdown")
+STOP_REASONS = ("converged", "max_iter", "stalled", "diverged")
 
 #: a sample makes progress when its residual falls below (1 − STALL_GAIN) × its best so far
 STALL_GAIN = 0.01
@@ -134,8 +134,7 @@ class Progress:
 
     def __init__(self, y0: torch.Tensor, res0, tol: float, max_iter: int, stall: int = 0):
         r = to_host(res0)
-        self.dtype = res0.dtype if isinstance(res0, torch.Tensor) else y0.dtype
-        self.device = y0.device
+        self.dtype, self.device = y0.dtype, y0.device
         self.best_y, self.best, self.init = y0, r.copy(), r
         self.tol, self.max_iter, self.stall = tol, max_iter, stall
         self.it, self.quiet = 0, 0
@@ -263,11 +262,15 @@ def residual_norm(r: torch.Tensor, gy: torch.Tensor, mode: str) -> torch.Tensor:
     root-mean-square entry ‖r‖ / √n (``"rms"``, n = entries per sample). ``rms`` means the same on any state size:
     an absolute ``abs`` tolerance on a 16,384-entry state is 128× stricter per entry than on one entry and, in
     float32 (ε ≈ 1.2e-7 per entry of size 1), cannot be met below ≈ 1e-7·√n — 1e-6 abs floors at ~6e-6 there."""
-    rn = batch_norm(r)
+    return scale_residual(batch_norm(r), batch_norm(gy) if mode == "rel" else None, r[0].numel(), mode, r.dtype)
+
+
+def scale_residual(rn, gn, n: int, mode: str, dtype: torch.dtype):
+    """:func:`residual_norm` from the norms ‖r‖ and (``rel``) ‖g(y)‖ — device tensors or host arrays alike."""
     if mode == "rel":
-        return rn / (batch_norm(gy) + torch.finfo(r.dtype).tiny ** 0.5)
+        return rn / (gn + torch.finfo(dtype).tiny ** 0.5)
     if mode == "rms":
-        return rn / math.sqrt(max(1, r[0].numel()))
+        return rn / math.sqrt(max(1, n))
     return rn
 
 

@@ -9,7 +9,6 @@ Solvers are called under ``torch.no_grad()`` by the layers: no graph survives th
 """
 from __future__ import annotations
 
-import math
 import time
 from typing import Callable, Tuple
 
@@ -17,7 +16,7 @@ import numpy as np
 import torch
 
 from .base import (Progress, Registry, SolverStats, batch_norm, check_initial, check_mode, check_stall,
-                   prepare_forward_ad, residual_norm, to_host)
+                   prepare_forward_ad, residual_norm, scale_residual, to_host)
 
 __all__ = ["NONLINEAR_SOLVERS", "register_nonlinear", "get_nonlinear", "fixed_point", "anderson", "lbfgs", "newton_krylov"]
 
@@ -101,7 +100,6 @@ def anderson(g: Map, y0: torch.Tensor, *, tol: float = 1e-6, max_iter: int = 100
     eye = np.eye(mk)
     diag = np.arange(1, mk + 1)
     eps = float(torch.finfo(dt).eps)
-    root_n = math.sqrt(max(1, n))
     small = B * mk * n * y0.element_size() <= SMALL_PRODUCT_BYTES
     xk = f if beta == 1.0 else x + beta * r  # first step: (damped) Picard
     k = 1  # iterates stored so far
@@ -120,12 +118,8 @@ def anderson(g: Map, y0: torch.Tensor, *, tol: float = 1e-6, max_iter: int = 100
         row = to_host(row)  # the iteration's one host read
         H[:, 1 + slot, 1:nk + 1] = row[:, :nk]
         H[:, 1:nk + 1, 1 + slot] = row[:, :nk]
-        rn = np.sqrt(np.maximum(row[:, slot], 0.0))
-        if mode == "rel":
-            res = rn / (row[:, nk] + float(torch.finfo(dt).tiny) ** 0.5)
-        else:
-            res = rn / root_n if mode == "rms" else rn
-        if pr.update(xk, res):
+        rn = np.sqrt(np.maximum(row[:, slot], 0.0))  # ‖G_k‖ from the Gram diagonal
+        if pr.update(xk, scale_residual(rn, row[:, nk] if mode == "rel" else None, n, mode, dt)):
             break
         k += 1
         Hk = H[:, :nk + 1, :nk + 1].copy()
