@@ -420,3 +420,29 @@ def test_a_search_worker_killed_by_sigkill_fails_its_own_trial_and_the_study_com
     _, _, runs = _trial_runs(env)
     (run,) = [r for r in runs if int(r.data.tags["irn.trial_number"]) == victim[1]]
     assert run.info.status == "FAILED" and "worker died" in run.data.tags["irn.failure_reason"]
+
+
+def test_trials_orphaned_inside_the_claim_are_failed_and_their_runs_closed(tmp_path, env):
+    """The two windows a SIGKILL can hit before a trial is fully recorded, reproduced deterministically: a trial
+    asked but without its worker's lock/host attributes, and a trial whose MLflow run was started but whose run id
+    was never stored on it. The next search fails both as stale (not counted) and closes the orphaned run."""
+    suite = _suite(tmp_path, train__epochs=2, search__n_trials=2)
+    assert _bench("search", suite)[0] == 0
+    study = _study(env)
+    bare = study.ask()  # killed right after ask(): no irn.worker_lock, no irn.host
+    half = study.ask()  # killed after start_run, before set_user_attr("irn.mlflow_run_id")
+    half.set_user_attr("irn.worker_lock", str(tmp_path / "gone.lock"))
+    half.set_user_attr("irn.host", __import__("socket").gethostname())
+    tr, exp, runs = _trial_runs(env)
+    tags = {k: v for k, v in runs[0].data.tags.items() if not k.startswith("mlflow.")}  # a trial run's tags
+    orphan = tr.start_run(exp, f"trial {half.number}", {**tags, "irn.trial_number": str(half.number)})
+    suite = _suite(tmp_path, train__epochs=2, search__n_trials=3)
+    code, out = _bench("search", suite)
+    assert code == 0, out
+    study = _study(env)
+    for t in (bare, half):
+        st = study.trials[t.number]
+        assert st.state.name == "FAIL" and st.user_attrs[OUTCOME] == "stale", (t.number, st.state, st.user_attrs)
+    assert len(_counted(study)) == 3
+    assert tr.client.get_run(orphan).info.status == "FAILED"
+    assert not [t for t in study.trials if t.state.name == "RUNNING"]

@@ -127,17 +127,18 @@ class _Worker:
         self._lock.release()
 
     # ------------------------------------------------------------- stale trials
-    def fail_stale(self, study) -> List[int]:
-        """Mark trials whose worker is dead FAIL (not counted) and close their MLflow runs."""
+    def fail_stale(self, study, sp: StudyPlan) -> List[int]:
+        """Mark trials whose worker is dead FAIL (not counted) and close their MLflow runs. Called under the claim
+        lock: a worker claims a trial and records its lock and host in one claim section, so a RUNNING trial without
+        them seen here was orphaned inside that section (its worker killed between ``ask`` and the attributes)."""
         from optuna.storages import fail_stale_trials
         from optuna.trial import TrialState
-
 
         storage = study._storage
         stale = []
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             wl, host = t.user_attrs.get("irn.worker_lock"), t.user_attrs.get("irn.host")
-            if wl and host == self.host and wl != self.lock_path and lock_is_free(wl):
+            if not wl or (host == self.host and wl != self.lock_path and lock_is_free(wl)):
                 try:
                     storage.set_trial_user_attr(t._trial_id, OUTCOME, "stale")
                     storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
@@ -151,12 +152,21 @@ class _Worker:
             if t.user_attrs.get(OUTCOME) in (None, "stale") and t.number not in self._closed_runs:
                 self._closed_runs.add(t.number)
                 rid = t.user_attrs.get("irn.mlflow_run_id")
-                if rid:
+                # killed between starting its MLflow run and recording the run's id: find the run by its tags
+                rids = [rid] if rid else [r.info.run_id for r in self._trial_runs(sp, t.number)
+                                          if r.info.status == "RUNNING"]
+                for rid in rids:
                     with contextlib.suppress(Exception):
                         self.tracker.set_tags(rid, {T.TAG_TRIAL_STATE: "FAIL", T.TAG_REASON:
                                                     "worker died or was killed; the trial is not counted"})
                         self.tracker.finish(rid, "FAILED")
         return stale
+
+    def _trial_runs(self, sp: StudyPlan, number: int) -> List[Any]:
+        with contextlib.suppress(Exception):
+            return self.tracker.search(sp.experiment_id, f"tags.`{T.TAG_STUDY}` = '{sp.study}' and "
+                                                         f"tags.`{T.TAG_TRIAL}` = '{number}'")
+        return []
 
     # ------------------------------------------------------------- loop
     def run(self) -> int:
@@ -177,7 +187,7 @@ class _Worker:
             if self.plan.deadline is not None and time.time() >= self.plan.deadline:
                 return
             with exclusive(self.claim_path):
-                self.fail_stale(study)
+                self.fail_stale(study, sp)
                 trials = study.get_trials(deepcopy=False)
                 if sp.n_trials is not None and sum(counted(t) for t in trials) >= sp.n_trials:
                     return
