@@ -368,7 +368,7 @@ def load_suite(path: str | Path, sets: List[str] = (), only: List[str] = (), see
     if validate_registries and cfg.reports and "reports" in section_checks:
         errors.extend(section_checks["reports"](cfg.reports, specs))
     if cfg.claims is not None and "claims" in section_checks:
-        errors.extend(section_checks["claims"](cfg.claims, specs))
+        errors.extend(section_checks["claims"](cfg.claims, specs, cfg.reports))
     if cfg.search is not None and not errors and "search" in section_checks:
         errors.extend(section_checks["search"](cfg, raw, specs))
     if errors:

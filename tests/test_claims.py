@@ -122,6 +122,9 @@ def test_within_a_bundled_reference_row():
     ([{"kind": "within", "metric": "final/test/top1", "where": {}, "factor": 0.5, "value": 1}], "factor"),
     ([{**MONO, "name": "x"}, {**MONO, "name": "x"}], "used twice"),
     ({"kind": "monotone"}, "must be a list"),
+    ([{"kind": "bound", "metric": "final/test/mse", "where": {}, "value": 1.0, "side": "below"}], "claims[0].side"),
+    ([{"kind": "bound", "metric": "final/test/mse", "where": {}, "side": "at_most"}], "claims[0].value: required"),
+    ([{**MONO, "metric": "derived/invariant_drift/sideways"}], "unknown derived metric"),
 ])
 def test_claims_block_is_checked_strictly(claims, needle):
     spec = SimpleNamespace(overrides={"model.layer.theta": 0.0})
@@ -139,3 +142,58 @@ def test_a_suite_with_a_bad_claim_is_refused(tmp_path):
     with pytest.raises(SuiteError) as e:
         load_checked(p)
     assert any("claims[0].over" in x for x in e.value.errors)
+
+
+BOUND = {"kind": "bound", "metric": "final/test/mse", "where": {"case": "t"}, "value": 0.3, "side": "at_most"}
+
+
+@pytest.mark.parametrize("vals,side,want", [
+    ({0: 0.10, 1: 0.12, 2: 0.11}, "at_most", "holds"),       # the whole interval below 0.3
+    ({0: 0.50, 1: 0.52, 2: 0.51}, "at_most", "fails"),       # the whole interval above
+    ({0: 0.10, 1: 0.50, 2: 0.30}, "at_most", "inconclusive"),  # the interval straddles 0.3
+    ({0: 0.50, 1: 0.52, 2: 0.51}, "at_least", "holds"),
+    ({0: 0.10, 1: 0.12, 2: 0.11}, "at_least", "fails"),
+    ({0: 0.10}, "at_most", "inconclusive"),                  # one seed: no interval, no verdict
+])
+def test_bound_decides_by_the_95_percent_interval_against_the_value(vals, side, want):
+    row = _one({**BOUND, "side": side}, _data({("t", 0.0): vals}, "final/test/mse"))
+    assert row["verdict"] == want, row["evidence"]
+    if len(vals) >= 2:  # the oracle: the t interval of the values themselves
+        m = sum(vals.values()) / len(vals)
+        lo, hi = _interval(list(vals.values()))
+        assert f"{lo:.4g}" in row["evidence"] and f"{hi:.4g}" in row["evidence"] and f"{m:.4g}" in row["evidence"]
+    else:
+        assert "1 seed" in row["evidence"]
+
+
+def test_a_derived_metric_is_read_from_what_the_report_kind_recorded():
+    """derived/… values land in the runs table (ReportContext.derive) and are paired by seed like any metric."""
+    from bench.report.output import ReportContext, Section
+
+    d = _data({("t", 0.0): {0: 0.0, 1: 0.0, 2: 0.0}, ("t", 0.5): {0: 0.0, 1: 0.0, 2: 0.0}})
+    ctx = ReportContext(d, d.runs, None, Section(title="t", stem="t", kind="trajectories"))
+    drift = {("t", 0.0): [0.30, 0.35, 0.32], ("t", 0.5): [0.01, 0.02, 0.015]}
+    for (case, theta), vals in drift.items():
+        for seed, v in enumerate(vals):
+            ctx.derive(f"{case}-{theta}-{seed}", "derived/invariant_drift/continuous", v)
+    claim = {"kind": "greater", "metric": "derived/invariant_drift/continuous",
+             "a": {"model.layer.theta": 0.0}, "b": {"model.layer.theta": 0.5}}
+    d.runs["model.layer.theta"] = [0.0] * 3 + [0.5] * 3
+    row = _one(claim, d)
+    lo, hi = _interval([a - b for a, b in zip(drift[("t", 0.0)], drift[("t", 0.5)])])
+    assert row["verdict"] == "holds" and f"{lo:.4g}" in row["evidence"]
+
+
+def test_a_derived_metric_needs_the_report_that_computes_it(tmp_path):
+    from bench.suite import SuiteError
+    from bench.validation import load_checked
+
+    p = tmp_path / "s.yaml"
+    p.write_text("name: s\ntask: {name: ex1_sine}\nmatrix: {model.layer.theta: [0.0, 1.0]}\n"
+                 "claims:\n  - {kind: bound, metric: derived/max_error/discrete, where: {model.layer.theta: 0.0},"
+                 " value: 1.0, side: at_least}\nreports:\n  - {kind: training_curves}\n")
+    with pytest.raises(SuiteError) as e:
+        load_checked(p)
+    assert any("claims[0].metric" in x and "trajectories" in x for x in e.value.errors), e.value.errors
+    p.write_text(p.read_text() + "  - {kind: trajectories}\n")
+    load_checked(p)

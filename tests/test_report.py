@@ -69,6 +69,8 @@ claims:
      where: {case: digits}, text: "top-1 under noise grows with theta", source: "journal Table 3"}
   - {kind: greater, metric: final/test/mse, a: {case: ex1, model.layer.theta: 0.0}, b: {case: ex1, model.layer.theta: 1.0},
      text: "explicit worse than implicit"}
+  - {name: derived, kind: greater, metric: derived/rmse/continuous/in, a: {case: ex3, model.layer.theta: 1.0},
+     b: {case: ex3, model.layer.theta: 0.0}, text: "a report-derived measure, decided after the trajectories entry"}
 """
 
 DEPTH = """
@@ -440,7 +442,7 @@ def test_one_seed_report_has_no_plus_minus_and_says_1_seed(store, tmp_path):
     results = index.split("## Results")[1].split("## Contents")[0]
     assert "±" not in results and "| 1 seed |" in results
     claims = pd.read_csv(out / "claims.csv")
-    assert list(claims["verdict"]) == ["inconclusive", "inconclusive"] and set(claims["n"]) <= {0, 1}
+    assert list(claims["verdict"]) == ["inconclusive"] * 3 and set(claims["n"]) <= {0, 1}
     claim = pd.read_csv(out / "08-accuracy_vs_noise-claim-monotone.csv")
     assert set(claim["verdict"]) == {"inconclusive"} and set(claim["n_seeds"]) == {1}
 
@@ -472,6 +474,12 @@ def test_invariant_drift_is_zero_on_the_exact_orbit_and_positive_off_it(store):
     got = pd.read_csv(store["out"] / "06-trajectories-ex3.csv")
     assert "invariant_drift/continuous/mean" in got.columns and "invariant_drift/discrete/mean" in got.columns
     assert "invariant_drift/continuous/mean" not in pd.read_csv(store["out"] / "06-trajectories-ex2.csv").columns
+    # a claim on a derived/… metric reads the per-run values the table averaged (paired over the 2 seeds)
+    claim = pd.read_csv(store["out"] / "claims.csv").set_index("name").loc["derived"]
+    by = got.set_index("cell")["rmse/continuous/in/mean"]
+    diff = by["θ=1"] - by["θ=0"]
+    assert claim["n"] == 2 and "paired over 2 seed(s)" in claim["evidence"], claim["evidence"]
+    assert claim["evidence"].split(": ")[1].startswith(f"{diff:.4g}"), (claim["evidence"], diff)
 
 
 def test_a_render_killed_midway_leaves_the_previous_report_whole(tmp_path, monkeypatch):

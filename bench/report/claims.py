@@ -1,7 +1,9 @@
 """The papers' claims, stated in the suite (``claims:``) and decided by the report with numbers.
 
-Each claim names a metric of the runs — ``final/<split>/<m>``, ``window/<split>/<m>``, ``corruption/<name>/<severity>/<m>``
-or a per-epoch ``train/<m>`` / ``val/<m>`` / ``periodic/…`` (the run's last value) — and how to decide it. Differences between cells are **paired by
+Each claim names a metric of the runs — ``final/<split>/<m>``, ``window/<split>/<m>``, ``corruption/<name>/<severity>/<m>``,
+a per-epoch ``train/<m>`` / ``val/<m>`` / ``periodic/…`` (the run's last value), or a ``derived/…`` measure that a report
+kind computes from each trained model (:data:`DERIVED`; the suite must list that kind under ``reports:``) — and how
+to decide it. Differences between cells are **paired by
 seed** over the seeds both cells finished; a verdict needs a 95 % Student-t interval, so one seed is always
 *inconclusive*:
 
@@ -13,6 +15,8 @@ seed** over the seeds both cells finished; a verdict needs a 95 % Student-t inte
   by seed (Welch's unpaired interval when the cells share fewer than 2 seeds). *holds* above 0, *fails* below 0.
 - ``within`` (``where``, ``factor`` > 1, and ``value`` or ``reference`` + ``select``): the 95 % interval of the
   cell's mean inside [ref / factor, ref × factor] *holds*, entirely outside *fails*.
+- ``bound`` (``where``, ``value``, ``side`` at_most | at_least): the 95 % interval of the cell's mean entirely on
+  the claimed side of ``value`` *holds*, entirely on the other side *fails*.
 
 Every claim carries ``text`` (the claim in words) and ``source`` (where the paper makes it).
 """
@@ -25,19 +29,32 @@ import pandas as pd
 
 from .kinds._common import mean_sd, same_value, t_interval, verdict
 
-__all__ = ["check_claims", "evaluate_claims", "CLAIM_KINDS"]
+__all__ = ["check_claims", "evaluate_claims", "CLAIM_KINDS", "DERIVED"]
 
 _COMMON = {"kind", "name", "text", "source", "metric", "scale"}
 CLAIM_KINDS = {
     "monotone": _COMMON | {"over", "direction", "where"},
     "greater": _COMMON | {"a", "b", "margin"},
     "within": _COMMON | {"where", "factor", "value", "reference", "select"},
+    "bound": _COMMON | {"where", "value", "side"},
 }
-_REQUIRED = {"monotone": {"over", "metric"}, "greater": {"a", "b", "metric"}, "within": {"where", "factor", "metric"}}
+_REQUIRED = {"monotone": {"over", "metric"}, "greater": {"a", "b", "metric"}, "within": {"where", "factor", "metric"},
+             "bound": {"where", "value", "side", "metric"}}
+
+# derived/<…> metrics: per-run measures a report kind computes from the trained model (ReportContext.derive), with
+# the kind that computes them. Claims on them are decided after every report entry has rendered.
+DERIVED = {
+    **{f"derived/rmse/{k}/{p}": "trajectories" for k in ("discrete", "continuous") for p in ("in", "out")},
+    **{f"derived/max_error/{k}": "trajectories" for k in ("discrete", "continuous")},
+    **{f"derived/invariant_drift/{k}": "trajectories" for k in ("discrete", "continuous")},
+}
 
 
 def _metric_problem(metric: str) -> Optional[str]:
     parts = metric.split("/") if isinstance(metric, str) else []
+    if parts and parts[0] == "derived":
+        return None if metric in DERIVED else (f"metric {metric!r}: unknown derived metric; derived metrics: "
+                                               f"{', '.join(sorted(DERIVED))}")
     if len(parts) >= 3 and parts[0] in ("final", "window", "periodic"):
         return None
     if len(parts) == 2 and parts[0] in ("train", "val"):
@@ -49,11 +66,12 @@ def _metric_problem(metric: str) -> Optional[str]:
         except ValueError:
             return f"metric {metric!r}: the severity (third part) must be a number"
     return (f"metric {metric!r}: must be final/<split>/<m>, window/<split>/<m>, periodic/<split>/<m>, "
-            "corruption/<name>/<severity>/<m> or a per-epoch train/<m> or val/<m> (its last value)")
+            "corruption/<name>/<severity>/<m>, a per-epoch train/<m> or val/<m> (its last value) or derived/<…>")
 
 
-def check_claims(claims: Any, specs: Sequence[Any] = ()) -> List[str]:
-    """Problems of a suite's ``claims:`` list, as 'claims[i].field: message' (empty = fine)."""
+def check_claims(claims: Any, specs: Sequence[Any] = (), reports: Optional[Sequence[Any]] = None) -> List[str]:
+    """Problems of a suite's ``claims:`` list, as 'claims[i].field: message' (empty = fine). With ``reports`` (the
+    suite's ``reports:`` list), a ``derived/`` metric must be computed by one of them."""
     if claims is None:
         return []
     if not isinstance(claims, list):
@@ -78,6 +96,12 @@ def check_claims(claims: Any, specs: Sequence[Any] = ()) -> List[str]:
             p = _metric_problem(c["metric"])
             if p:
                 errors.append(f"{where}.metric: {p}")
+            elif c["metric"] in DERIVED and reports is not None:
+                need = DERIVED[c["metric"]]
+                kinds = {r.get("kind") if isinstance(r, dict) else getattr(r, "kind", None) for r in reports}
+                if need not in kinds:
+                    errors.append(f"{where}.metric: {c['metric']!r} is computed by the {need} report; add "
+                                  f"{{kind: {need}}} to reports:")
         if not isinstance(c.get("text", ""), str) or not isinstance(c.get("source", ""), str):
             errors.append(f"{where}: text and source must be strings")
         if c.get("name") is not None:
@@ -109,6 +133,11 @@ def check_claims(claims: Any, specs: Sequence[Any] = ()) -> List[str]:
                 from .references import check_reference
 
                 errors.extend(f"{where}.{e}" for e in check_reference(c["reference"]))
+        if kind == "bound":
+            if c.get("side") not in ("at_most", "at_least"):
+                errors.append(f"{where}.side: must be at_most or at_least (got {c.get('side')!r})")
+            if "value" in c and not _finite(c["value"]):
+                errors.append(f"{where}.value: must be a finite number (got {c['value']!r})")
     return errors
 
 
@@ -267,14 +296,31 @@ def _within(data, c, base) -> Dict[str, Any]:
     return {"verdict": v, "n": n, "evidence": f"{head}; 95 % interval [{_num(lo)}, {_num(hi)}] (n={n})"}
 
 
+def _bound(data, c) -> Dict[str, Any]:
+    from .data import select
+
+    vals = list(_values(data, select(data, c["where"]), c["metric"], float(c.get("scale", 1.0))).values())
+    ref, most = float(c["value"]), c["side"] == "at_most"
+    m, hw, n = t_interval(vals)
+    if n == 0:
+        return {"verdict": "inconclusive", "n": 0, "evidence": "no finished run with this metric"}
+    head = f"{_where_text(c['where'])}: {_num(m)} vs {'≤' if most else '≥'} {_num(ref)}"
+    if n < 2 or math.isnan(hw):
+        return {"verdict": "inconclusive", "n": n, "evidence": f"{head}; 1 seed: no interval"}
+    lo, hi = m - hw, m + hw
+    ok, bad = (hi <= ref, lo > ref) if most else (lo >= ref, hi < ref)
+    return {"verdict": "holds" if ok else "fails" if bad else "inconclusive", "n": n,
+            "evidence": f"{head}; 95 % interval [{_num(lo)}, {_num(hi)}] (n={n})"}
+
+
 def evaluate_claims(claims: Sequence[Dict[str, Any]], data, base=None) -> pd.DataFrame:
     """One row per claim: name, claim (text), kind, metric, verdict, evidence (the numbers that decide it), n seeds,
     source."""
     rows = []
     for i, c in enumerate(claims or []):
         try:
-            res = {"monotone": _monotone, "greater": _greater}[c["kind"]](data, c) if c["kind"] != "within" else \
-                _within(data, c, base)
+            res = {"monotone": _monotone, "greater": _greater, "bound": _bound}[c["kind"]](data, c) \
+                if c["kind"] != "within" else _within(data, c, base)
         except Exception as e:  # noqa: BLE001 - a claim that cannot be evaluated says why; the others go on
             res = {"verdict": "inconclusive", "n": 0, "evidence": f"not evaluated: {type(e).__name__}: {e}"}
         rows.append({"name": c.get("name") or f"claim {i + 1}", "claim": c.get("text", ""), "kind": c["kind"],

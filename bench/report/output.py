@@ -155,6 +155,12 @@ class ReportContext:
     def note(self, text: str) -> None:
         self.section.blocks.append(("note", text))
 
+    def derive(self, spec_hash: str, metric: str, value: float) -> None:
+        """Record a per-run measure this kind computed from the trained model (``derived/…``, see
+        :data:`bench.report.claims.DERIVED`) for the claims, which are decided after every entry has rendered."""
+        runs = self.data.runs
+        runs.loc[runs["spec_hash"] == spec_hash, metric] = float(value)
+
     def table(self, display: pd.DataFrame, numeric: Optional[pd.DataFrame] = None, suffix: str = "",
               caption: str = "") -> str:
         """Write ``display`` (strings) as .md and .tex, ``numeric`` (or ``display``) as .csv."""

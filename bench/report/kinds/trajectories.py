@@ -74,6 +74,14 @@ def render(ctx, e):
                     break
                 if (e["seed"] is None and shown is None) or (e["seed"] is not None and int(row["seed"]) == int(e["seed"])):
                     shown = res
+                for kind in ("discrete", "continuous"):  # per-run values for claims on derived/… metrics
+                    for part in ("in", "out"):
+                        if res["rmse"][kind][part] is not None:
+                            ctx.derive(row["spec_hash"], f"derived/rmse/{kind}/{part}", res["rmse"][kind][part])
+                    if kind in res["drift"]:
+                        ctx.derive(row["spec_hash"], f"derived/invariant_drift/{kind}", res["drift"][kind])
+                    if "max_error" in res["rmse"]:
+                        ctx.derive(row["spec_hash"], f"derived/max_error/{kind}", res["rmse"]["max_error"][kind])
                 for kind in ("discrete", "continuous"):
                     for part in ("in", "out"):
                         v = res["rmse"][kind][part]
