@@ -49,17 +49,49 @@ class TimeIndexedField(nn.Module):
         idx = self.index(self.time)
         if idx.numel() == 1:
             return self.fields[int(idx)](y)
-        if idx.numel() != y.shape[0]:
-            raise ValueError(f"{idx.numel()} times for a batch of {y.shape[0]}")
-        idx = idx.to(y.device)
-        out = None
-        for k in torch.unique(idx).tolist():
-            pos = (idx == k).nonzero().reshape(-1)
-            part = self.fields[k](y.index_select(0, pos))
-            if out is None:
-                out = part.new_zeros((y.shape[0],) + tuple(part.shape[1:]))
-            out = out.index_copy(0, pos, part)
-        return out
+        return _by_index(self.fields, idx, y)
+
+    def active(self) -> nn.Module:
+        """The field at the current times as a module that holds only the fields in use: the one field when every
+        sample is in the same interval, else a view of the few fields the batch needs. Same values as ``self``;
+        what a θ-step solves and differentiates, so the IFT backward re-binds and differentiates those parameters
+        only (not all ``len(fields)`` fields: with 40 fields that was 40× the work), and the fields no sample used
+        get no gradient (None, as in the authors' code), not a zero one."""
+        idx = self.index(self.time)
+        first = idx.reshape(-1)[:1]
+        if idx.numel() == 1 or bool((idx == first).all()):
+            return self.fields[int(first)]
+        return _ActiveFields(self.fields, idx)
+
+
+def _by_index(fields, idx: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Each sample i through ``fields[idx[i]]`` (one call per distinct index)."""
+    if idx.numel() != y.shape[0]:
+        raise ValueError(f"{idx.numel()} times for a batch of {y.shape[0]}")
+    idx = idx.to(y.device)
+    out = None
+    for k in torch.unique(idx).tolist():
+        pos = (idx == k).nonzero().reshape(-1)
+        part = fields[k](y.index_select(0, pos))
+        if out is None:
+            out = part.new_zeros((y.shape[0],) + tuple(part.shape[1:]))
+        out = out.index_copy(0, pos, part)
+    return out
+
+
+class _ActiveFields(nn.Module):
+    """The fields a batch uses at fixed per-sample indices (see :meth:`TimeIndexedField.active`): the same
+    parameter tensors as the parent's fields, only the used ones registered."""
+
+    def __init__(self, fields: nn.ModuleList, idx: torch.Tensor):
+        super().__init__()
+        used = torch.unique(idx).tolist()
+        self.parts = nn.ModuleDict({str(k): fields[k] for k in used})
+        self._map = {k: self.parts[str(k)] for k in used}
+        self.register_buffer("idx", idx, persistent=False)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return _by_index(self._map, self.idx, y)
 
 
 class TimeIndexedBlock(ThetaMethod, nn.Module):
@@ -105,7 +137,7 @@ class TimeIndexedBlock(ThetaMethod, nn.Module):
         with normalization_scope(self):
             for k in range(self.steps):
                 self.field.set_time(self.eval_time(t0 + k * self.h))
-                y = self._step(self.field, y, self.h, self._fwd, self._bwd)
+                y = self._step(self.field.active(), y, self.h, self._fwd, self._bwd)
                 traj.append(y)
         self.last_trajectory = traj if self.keep_trajectory else None
         return (y, traj) if return_trajectory else y

@@ -85,3 +85,33 @@ def test_ex2_authors_initial_conditions_and_targets():
         tj = float(x[i, 1]) + np.arange(1, 5) * 0.5
         assert np.allclose(y[i, :, 0].numpy(), stiff_solution(np.array([float(x[i, 0])]), tj, t0=float(x[i, 1]))[0],
                            atol=1e-6)
+
+
+@pytest.mark.parametrize("t0", [[0.0], [0.0, 0.2, 1.1]])
+def test_steps_differentiate_only_the_fields_in_use_with_the_gradients_of_the_whole_field(t0):
+    """A step solves and differentiates TimeIndexedField.active() (the one field, or a view of the used ones): the
+    values and the gradients equal those of a step through the whole TimeIndexedField (the oracle: ThetaMethod._step
+    given all the fields), and fields no sample touches get no gradient (None, as the authors' code) where the
+    whole-field step gave them zeros."""
+    fields = _fields(6, seed=2)
+    opts = dict(theta=0.5, solver={"name": "anderson", "tol": 1e-13, "max_iter": 300}, backward={"name": "direct"})
+    block = TimeIndexedBlock(TimeIndexedField(fields, span=3.0), steps=2, h=0.5, **opts)
+    t0 = torch.tensor(t0, dtype=torch.float64)
+    x = torch.randn(len(t0), 2, dtype=torch.float64)
+    y = block(x, t0)
+    y.pow(2).sum().backward()
+    got = [None if p.grad is None else p.grad.clone() for p in block.parameters()]
+    block.zero_grad(set_to_none=True)
+    want_y = x
+    for k in range(2):  # the oracle: every step through the whole field
+        block.field.set_time(block.eval_time(t0 + k * 0.5))
+        want_y = block._step(block.field, want_y, 0.5, [], [])
+    want_y.pow(2).sum().backward()
+    assert torch.allclose(y, want_y, atol=1e-12)
+    used = {min(int(np.floor((float(t) + 0.5 * k + 0.25) / 0.5 + 1e-9)), 5) for t in t0 for k in range(2)}
+    for (name, p), g in zip(block.named_parameters(), got):
+        k = int(name.split(".")[2])
+        if k in used:
+            assert g is not None and torch.allclose(g, p.grad, atol=1e-10), name
+        else:
+            assert g is None and torch.equal(p.grad, torch.zeros_like(p)), name
