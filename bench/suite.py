@@ -115,6 +115,7 @@ class SuiteCfg(_Strict):
     reports: List[ReportCfg] = []
     search: Optional[Dict[str, Any]] = None  # checked by bench.search (Optuna studies)
     claims: Optional[List[Any]] = None  # the papers' claims, decided by the report (bench.report.claims)
+    provenance: Optional[List[Any]] = None  # where each setting comes from (bench.report.provenance)
 
     @field_validator("schema_version")
     @classmethod
@@ -369,6 +370,8 @@ def load_suite(path: str | Path, sets: List[str] = (), only: List[str] = (), see
         errors.extend(section_checks["reports"](cfg.reports, specs))
     if cfg.claims is not None and "claims" in section_checks:
         errors.extend(section_checks["claims"](cfg.claims, specs, cfg.reports))
+    if cfg.provenance is not None and "provenance" in section_checks:
+        errors.extend(section_checks["provenance"](cfg.provenance))
     if cfg.search is not None and not errors and "search" in section_checks:
         errors.extend(section_checks["search"](cfg, raw, specs))
     if errors:

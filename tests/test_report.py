@@ -64,6 +64,9 @@ reports:
   - {kind: decision_regions, where: {case: spirals}}
   - {kind: accuracy_vs_noise, where: {case: digits}, reference: [paper-table-3, authors-mnist-e831e4c],
      reference_case: digits, stats: ci95, claims: monotone}
+provenance:
+  - {setting: optimiser, value: "Adam 1e-3", source: authors-code, where: "ex_1D.py:136-137"}
+  - {setting: seeds, value: "0, 1", source: ours}
 claims:
   - {name: robust, kind: monotone, metric: corruption/gaussian/0.3/top1, over: model.layer.theta,
      where: {case: digits}, text: "top-1 under noise grows with theta", source: "journal Table 3"}
@@ -589,3 +592,14 @@ def test_spectrum_axes_zoom_to_the_eigenvalues():
     re, im = zoom(far)
     assert re[0] < -5.0 and re[1] >= 0.0 and im[1] >= 1.0
     assert zoom(np.array([np.nan + 0j])) == ((-3.0, 3.0), (-3.0, 3.0))
+
+
+def test_the_report_opens_with_the_suites_provenance(store):
+    """Provenance (setting · value · source · where) comes first, before Claims and Results, and as provenance.csv."""
+    index = (store["out"] / "index.md").read_text()
+    assert index.index("## Provenance") < index.index("## Claims") < index.index("## Results")
+    head = index.split("## Provenance")[1].split("## Claims")[0]
+    assert "| optimiser | Adam 1e-3 | authors' code (e831e4c) | ex_1D.py:136-137 |" in head
+    assert "| seeds | 0, 1 | ours (a choice of this benchmark) |" in head
+    prov = pd.read_csv(store["out"] / "provenance.csv")
+    assert list(prov["setting"]) == ["optimiser", "seeds"]

@@ -207,12 +207,21 @@ def _write_index(stage: Path, out: Path, suite, data, sections: List[Section]) -
 
 
 def _head_tables(stage: Path, suite, data):
-    """What the report opens with: the claims of the suite with their verdicts, and the results table (one row per
+    """What the report opens with: where its settings come from (``provenance:``), the claims of the suite with their
+    verdicts, and the results table (one row per
     cell: n seeds, each final metric as mean ± sd and its 95 % t-interval, or the single value for one seed). Also
-    written as claims.csv and results.csv."""
+    written as provenance.csv, claims.csv and results.csv."""
     from .claims import evaluate_claims
+    from .provenance import provenance_table
 
     out = []
+    if suite.cfg.provenance:
+        prov = provenance_table(suite.cfg.provenance)
+        prov.to_csv(stage / "provenance.csv", index=False)
+        out.append(("Provenance", "Where each setting of this suite comes from: journal = the journal's text; authors' "
+                    "code = vreshniak/ImplicitResNet at e831e4c (file:line as in AUTHORS-CODE.md) or its Nov-2020 "
+                    "state; inferred = stated nowhere, chosen to be consistent with the sources; ours = a choice of "
+                    "this benchmark (e.g. sizing for a CPU).", prov))
     if suite.cfg.claims:
         claims = evaluate_claims(suite.cfg.claims, data, Path(suite.path).parent)
         claims.to_csv(stage / "claims.csv", index=False)
