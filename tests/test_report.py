@@ -599,7 +599,7 @@ def test_the_report_opens_with_the_suites_provenance(store):
     index = (store["out"] / "index.md").read_text()
     assert index.index("## Provenance") < index.index("## Claims") < index.index("## Results")
     head = index.split("## Provenance")[1].split("## Claims")[0]
-    assert "| optimiser | Adam 1e-3 | authors' code (e831e4c) | ex_1D.py:136-137 |" in head
+    assert "| optimiser | Adam 1e-3 | authors' code | ex_1D.py:136-137 |" in head
     assert "| seeds | 0, 1 | ours (a choice of this benchmark) |" in head
     prov = pd.read_csv(store["out"] / "provenance.csv")
     assert list(prov["setting"]) == ["optimiser", "seeds"]

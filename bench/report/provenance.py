@@ -15,7 +15,7 @@ __all__ = ["SOURCES", "check_provenance", "provenance_table"]
 SOURCES = {
     "journal": "journal text",
     "paper": "the paper's text",
-    "authors-code": "authors' code (e831e4c)",
+    "authors-code": "authors' code",
     "authors-code-nov2020": "authors' code (Nov 2020)",
     "inferred": "inferred (stated nowhere)",
     "ours": "ours (a choice of this benchmark)",

@@ -218,9 +218,10 @@ def _head_tables(stage: Path, suite, data):
     if suite.cfg.provenance:
         prov = provenance_table(suite.cfg.provenance)
         prov.to_csv(stage / "provenance.csv", index=False)
-        out.append(("Provenance", "Where each setting of this suite comes from: journal = the journal's text; authors' "
-                    "code = vreshniak/ImplicitResNet at e831e4c (file:line as in AUTHORS-CODE.md) or its Nov-2020 "
-                    "state; inferred = stated nowhere, chosen to be consistent with the sources; ours = a choice of "
+        out.append(("Provenance", "Where each setting of this suite comes from: journal / paper = the paper's text; "
+                    "authors' code = the authors' repository — vreshniak/ImplicitResNet at e831e4c (or its Nov-2020 "
+                    "state) for the implicit-ResNet journal, davydovalexander/Non-Euclidean_Mon_Op_Net at d7ca027 for "
+                    "NEMON — with file:line as in AUTHORS-CODE.md; inferred = stated nowhere, chosen to be consistent with the sources; ours = a choice of "
                     "this benchmark (e.g. sizing for a CPU).", prov))
     if suite.cfg.claims:
         claims = evaluate_claims(suite.cfg.claims, data, Path(suite.path).parent)
