@@ -474,8 +474,15 @@ def test_invariant_drift_is_zero_on_the_exact_orbit_and_positive_off_it(store):
     neg = z.copy()
     neg[0, 10, 0] = -0.1
     assert _invariant_drift(neg) == float("inf")
+    from bench.report.kinds.trajectories import _orbit_drifts
+
+    per = _orbit_drifts(np.concatenate([decay, neg[:1]]))  # 3 decaying orbits + one that leaves z > 0
+    want_each = np.max(np.abs(V - V[:, :1]), axis=1) / np.abs(V[:, 0])
+    assert np.allclose(per[:3], want_each) and np.isinf(per[3])
+    assert np.median(per) == pytest.approx(np.median(np.append(want_each, np.inf)))  # finite: 1 of 4 leaves
     got = pd.read_csv(store["out"] / "06-trajectories-ex3.csv")
     assert "invariant_drift/continuous/mean" in got.columns and "invariant_drift/discrete/mean" in got.columns
+    assert "invariant_drift_median/continuous/mean" in got.columns
     assert "invariant_drift/continuous/mean" not in pd.read_csv(store["out"] / "06-trajectories-ex2.csv").columns
     # a claim on a derived/… metric reads the per-run values the table averaged (paired over the 2 seeds)
     claim = pd.read_csv(store["out"] / "claims.csv").set_index("name").loc["derived"]

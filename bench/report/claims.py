@@ -47,6 +47,7 @@ DERIVED = {
     **{f"derived/rmse/{k}/{p}": "trajectories" for k in ("discrete", "continuous") for p in ("in", "out")},
     **{f"derived/max_error/{k}": "trajectories" for k in ("discrete", "continuous")},
     **{f"derived/invariant_drift/{k}": "trajectories" for k in ("discrete", "continuous")},
+    **{f"derived/invariant_drift_median/{k}": "trajectories" for k in ("discrete", "continuous")},
 }
 
 
