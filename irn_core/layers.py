@@ -20,7 +20,7 @@ from torch import nn
 from torch.func import functional_call
 
 from .autograd import ImplicitStep, StepProblem
-from .normalization import normalization_scope
+from .normalization import normalization_scope, solve_constants
 from .solvers.base import SolverError, SolverSpec, SolverStats
 from .solvers.linear import LINEAR_SOLVERS
 from .solvers.nonlinear import NONLINEAR_SOLVERS
@@ -154,7 +154,7 @@ class ThetaMethod(ImplicitLayer):
             record.append(None)
             record_bwd.append(None)
             return x + h * field(x)
-        with torch.no_grad():
+        with torch.no_grad(), solve_constants():  # W̃, gates: computed once per solve (weights are fixed in it)
             fx = field(x) if (phi == "convex" or self.initial_guess == "explicit") else None
             # the explicit step ("no worse than an explicit layer"), or the previous state (the authors' z₀ = x)
             y0 = x + h * fx if self.initial_guess == "explicit" else x

@@ -31,7 +31,7 @@ from torch import nn
 __all__ = [
     "SpectralNorm", "spectral_normalize", "update_normalization", "normalization_scope", "frozen_normalization",
     "power_iteration", "conv2d_adjoint", "circular_conv_norm", "EigenRangeField", "check_eig_range",
-    "EigenGates", "GatedEigenRangeField", "eig_limits_from_stability",
+    "EigenGates", "GatedEigenRangeField", "eig_limits_from_stability", "solve_constants",
 ]
 
 # --------------------------------------------------------------------------------------------------
@@ -84,6 +84,41 @@ def frozen_normalization():
         yield
     finally:
         _STATE.frozen = _frozen() - 1
+
+
+@contextlib.contextmanager
+def solve_constants():
+    """Inside this context the weight-derived constants of the normalisations (W̃ = W/σ or W/max(1, σ/α) of
+    :class:`SpectralNorm`, the gated end points of :class:`GatedEigenRangeField`, S(ϑ) of
+    :class:`EigenRangeField`) are computed once, detached, and reused by every later call: the implicit layers
+    enter it around a forward solve, where the weights are fixed (SPEC §1) and only gradients w.r.t. the state
+    are taken. A cached value is reused only while the tensors it came from are the same objects at the same
+    version (``functional_call`` swaps or an in-place update recompute it). Nests: the outermost context owns
+    the cache."""
+    outer = getattr(_STATE, "cache", None)
+    if outer is None:
+        _STATE.cache = {}
+    try:
+        yield
+    finally:
+        if outer is None:
+            _STATE.cache = None
+
+
+def _solve_constant(owner: nn.Module, sources: Tuple[torch.Tensor, ...], compute: Callable[[], object]):
+    """``compute()``, or inside :func:`solve_constants` its cached (detached) value for ``owner`` while
+    ``sources`` are unchanged."""
+    cache = getattr(_STATE, "cache", None)
+    if cache is None:
+        return compute()
+    stamp = tuple(t._version for t in sources)
+    hit = cache.get(id(owner))
+    if hit is not None and hit[0] is owner and hit[2] == stamp and all(a is b for a, b in zip(hit[1], sources)):
+        return hit[3]
+    with torch.no_grad():
+        value = compute()
+    cache[id(owner)] = (owner, sources, stamp, value)  # holds owner and sources: their ids cannot be reused
+    return value
 
 
 # --------------------------------------------------------------------------------------------------
@@ -277,7 +312,7 @@ class SpectralNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_shape(x)
-        W = self.normalized_weight()
+        W = _solve_constant(self, (self.module.weight, self.v), self.normalized_weight)
         if isinstance(self.module, nn.Linear):
             return F.linear(x, W, self.module.bias)
         return self.module._conv_forward(x, W, self.module.bias)
@@ -389,7 +424,8 @@ class EigenRangeField(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c, r = 0.5 * (self.alpha + self.beta), 0.5 * (self.beta - self.alpha)
-        return c * x + r * self.scale() * self.field(x)
+        rs = _solve_constant(self, (self.vartheta,), lambda: r * self.scale())
+        return c * x + rs * self.field(x)
 
     def extra_repr(self) -> str:
         return f"eig_range=({self.alpha}, {self.beta}), learnable_scale={self.learnable_scale}"
@@ -484,9 +520,14 @@ class GatedEigenRangeField(nn.Module):
                                        exact=spectral_norm == "exact")
         self.field, self.gates, self.spectral_norm = field, gates, spectral_norm
 
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
+    def _coefficients(self) -> Tuple[torch.Tensor, torch.Tensor]:
         a, b = self.gates.ends()
-        return 0.5 * ((b - a) * self.gates.scale() * self.field(y) + (a + b) * y)
+        return (b - a) * self.gates.scale(), a + b
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        g = self.gates
+        r, c = _solve_constant(self, (g.shift_a, g.shift_b, g.scales), self._coefficients)
+        return 0.5 * (r * self.field(y) + c * y)
 
     def extra_repr(self) -> str:
         return f"spectral_norm={self.spectral_norm}"

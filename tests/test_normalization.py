@@ -208,3 +208,66 @@ def test_linf_parameterisation_log_norm_at_most_m(seed):
         with torch.no_grad():
             Q.A_hat.normal_(0, 3.0)
         assert float(linf_log_norm(Q().detach())) <= m + 1e-12  # D = I: the plain ℓ∞ log-norm
+
+
+def test_solve_constants_once_per_solve_with_identical_values_and_gradients(monkeypatch):
+    """W̃ and the gates are computed once per forward solve (not per solver iteration), and the layer's output and
+    IFT gradients are bitwise those of recomputing them at every evaluation."""
+    import contextlib
+    import copy
+
+    import irn_core.layers as layers
+    from irn_core.normalization import EigenGates, GatedEigenRangeField
+
+    torch.manual_seed(0)
+    gated = GatedEigenRangeField(MLPField([3, 8, 3], activation="tanh").double(),
+                                 EigenGates((-2.0, -0.5, 1.0), shape=3, learnable_ends=True, learnable_scale=True),
+                                 spectral_norm="exact")
+    field = nn.Sequential(gated, EigenRangeField(MLPField([3, 6, 3], activation="relu").double(), (-1, 0.5),
+                                                 learnable_scale=True))
+    layer = ThetaLayer(field, theta=1.0, h=0.4, solver={"name": "fixed_point", "tol": 1e-12, "max_iter": 200},
+                       backward={"name": "direct"})
+    twin = copy.deepcopy(layer)
+    x = torch.randn(6, 3, dtype=D)
+    calls = []
+    real = SpectralNorm.normalized_weight
+    monkeypatch.setattr(SpectralNorm, "normalized_weight", lambda self: calls.append(self) or real(self))
+
+    def step(lay):
+        calls.clear()
+        xx = x.clone().requires_grad_(True)
+        y = lay(xx)
+        n_forward = len(calls)
+        gx, *gp = torch.autograd.grad((y * torch.arange(1.0, 4.0, dtype=D)).sum(), [xx, *lay.parameters()])
+        return y.detach(), gx, gp, n_forward, lay.last_stats.nfe
+
+    y, gx, gp, n_cached, nfe = step(layer)
+    n_sn = sum(isinstance(m, SpectralNorm) for m in layer.modules())
+    assert n_sn == 4 and nfe > 10
+    assert n_cached == n_sn  # once in the whole solve ...
+    monkeypatch.setattr(layers, "solve_constants", contextlib.nullcontext)
+    y2, gx2, gp2, n_plain, _ = step(twin)
+    assert n_plain == n_sn * nfe  # ... instead of once per evaluation
+    assert torch.equal(y, y2) and torch.equal(gx, gx2)
+    assert all(torch.equal(a, b) for a, b in zip(gp, gp2))
+
+
+def test_solve_constants_recomputed_when_the_weights_change():
+    from irn_core.normalization import solve_constants
+
+    torch.manual_seed(1)
+    sn = SpectralNorm(nn.Linear(4, 3).double(), init_iterations=20, exact=True)
+    x = torch.randn(2, 4, dtype=D)
+    with solve_constants():
+        a = sn(x)
+        with solve_constants():  # nested: the outer cache is kept
+            assert torch.equal(sn(x), a)
+        with torch.no_grad():
+            sn.module.weight.mul_(-3.0)  # in place: a new version of the same tensor
+        b = sn(x)
+        W = torch.randn(3, 4, dtype=D)  # a swapped tensor (functional_call)
+        c = torch.func.functional_call(sn, {"module.weight": W}, (x,))
+    bias = sn.module.bias.detach()
+    torch.testing.assert_close(b - bias, -(a - bias))  # W/σ is invariant to scaling W by |c|: the sign survives
+    torch.testing.assert_close(c, torch.func.functional_call(sn, {"module.weight": W}, (x,)))
+    assert not torch.allclose(c, b)
