@@ -87,11 +87,13 @@ class _ActiveFields(nn.Module):
         super().__init__()
         used = torch.unique(idx).tolist()
         self.parts = nn.ModuleDict({str(k): fields[k] for k in used})
-        self._map = {k: self.parts[str(k)] for k in used}
         self.register_buffer("idx", idx, persistent=False)
 
+    def __getitem__(self, k: int) -> nn.Module:
+        return self.parts[str(k)]
+
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        return _by_index(self._map, self.idx, y)
+        return _by_index(self, self.idx, y)
 
 
 class TimeIndexedBlock(ThetaMethod, nn.Module):

@@ -23,7 +23,7 @@ Every claim carries ``text`` (the claim in words) and ``source`` (where the pape
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import pandas as pd
 
@@ -282,36 +282,33 @@ def _within(data, c, base) -> Dict[str, Any]:
             return {"verdict": "inconclusive", "n": 0,
                     "evidence": f"select picks {len(sel)} rows of reference {c['reference']!r}, not 1"}
         ref, what = float(sel["value"].iloc[0]), f"reference {c['reference']}"
-    vals = list(_values(data, select(data, c["where"]), c["metric"], scale).values())
     f = float(c["factor"])
     band = sorted([ref / f, ref * f])
-    m, hw, n = t_interval(vals)
-    if n == 0:
-        return {"verdict": "inconclusive", "n": 0, "evidence": "no finished run"}
-    ratio = m / ref if ref else float("nan")
-    head = f"ours {_num(m)} vs {what} {_num(ref)} (ratio {_num(ratio)}, band ×/÷{f:g}: [{_num(band[0])}, {_num(band[1])}])"
-    if n < 2 or math.isnan(hw):
-        return {"verdict": "inconclusive", "n": n, "evidence": f"{head}; 1 seed: no interval"}
-    lo, hi = m - hw, m + hw
-    v = "holds" if band[0] <= lo and hi <= band[1] else "fails" if hi < band[0] or lo > band[1] else "inconclusive"
-    return {"verdict": v, "n": n, "evidence": f"{head}; 95 % interval [{_num(lo)}, {_num(hi)}] (n={n})"}
+    return _in_band(list(_values(data, select(data, c["where"]), c["metric"], scale).values()), band,
+                    lambda m: f"ours {_num(m)} vs {what} {_num(ref)} (ratio {_num(m / ref if ref else math.nan)}, "
+                              f"band ×/÷{f:g}: [{_num(band[0])}, {_num(band[1])}])")
 
 
 def _bound(data, c) -> Dict[str, Any]:
     from .data import select
 
-    vals = list(_values(data, select(data, c["where"]), c["metric"], float(c.get("scale", 1.0))).values())
     ref, most = float(c["value"]), c["side"] == "at_most"
+    band = (-math.inf, ref) if most else (ref, math.inf)
+    return _in_band(list(_values(data, select(data, c["where"]), c["metric"], float(c.get("scale", 1.0))).values()),
+                    band, lambda m: f"{_where_text(c['where'])}: {_num(m)} vs {'≤' if most else '≥'} {_num(ref)}")
+
+
+def _in_band(vals: Sequence[float], band: Sequence[float], head: Callable[[float], str]) -> Dict[str, Any]:
+    """The verdict of the mean's 95 % t-interval against the closed band [lo, hi] (either end may be infinite):
+    holds inside it, fails disjoint from it, else inconclusive; 1 seed: inconclusive (no interval)."""
     m, hw, n = t_interval(vals)
     if n == 0:
         return {"verdict": "inconclusive", "n": 0, "evidence": "no finished run with this metric"}
-    head = f"{_where_text(c['where'])}: {_num(m)} vs {'≤' if most else '≥'} {_num(ref)}"
     if n < 2 or math.isnan(hw):
-        return {"verdict": "inconclusive", "n": n, "evidence": f"{head}; 1 seed: no interval"}
+        return {"verdict": "inconclusive", "n": n, "evidence": f"{head(m)}; 1 seed: no interval"}
     lo, hi = m - hw, m + hw
-    ok, bad = (hi <= ref, lo > ref) if most else (lo >= ref, hi < ref)
-    return {"verdict": "holds" if ok else "fails" if bad else "inconclusive", "n": n,
-            "evidence": f"{head}; 95 % interval [{_num(lo)}, {_num(hi)}] (n={n})"}
+    v = "holds" if band[0] <= lo and hi <= band[1] else "fails" if hi < band[0] or lo > band[1] else "inconclusive"
+    return {"verdict": v, "n": n, "evidence": f"{head(m)}; 95 % interval [{_num(lo)}, {_num(hi)}] (n={n})"}
 
 
 def evaluate_claims(claims: Sequence[Dict[str, Any]], data, base=None) -> pd.DataFrame:
