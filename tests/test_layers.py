@@ -251,3 +251,23 @@ def test_keep_trajectory_for_regularisers():
     # the stored states carry their graph: a penalty on them reaches the parameters through the IFT
     traj[1].square().sum().backward()
     assert all(p.grad is not None for p in block.parameters())
+
+
+def test_backward_uses_the_forward_tensors_after_a_swap():
+    """The IFT backward rebuilds Φ from the tensors the forward used: directly when the module still holds them,
+    through functional_call when a parameter was replaced in between — the gradients are the same either way."""
+    import copy
+
+    f = _mlp(seed=3)
+    layer = ThetaLayer(f, theta=1.0, h=0.7, solver=TIGHT, backward={"name": "direct"})
+    twin = copy.deepcopy(layer)
+    x = torch.randn(4, 3, dtype=D, requires_grad=True)
+    w = torch.randn(4, 3, dtype=D)
+
+    (layer(x) * w).sum().backward()
+    y2 = twin(x.detach().requires_grad_())
+    w0 = twin.field.net[0].weight
+    twin.field.net[0].weight = nn.Parameter(torch.randn_like(w0))  # swapped between forward and backward
+    (y2 * w).sum().backward()
+    torch.testing.assert_close(w0.grad, layer.field.net[0].weight.grad, rtol=0, atol=0)
+    assert twin.field.net[0].weight.grad is None
