@@ -33,7 +33,7 @@ from .autograd import ImplicitStep, StepProblem
 from .fields import make_activation
 from .layers import DEFAULT_BACKWARD, ImplicitBlock, ImplicitLayer, ThetaLayer
 from .linf import LInfParam, linf_log_norm
-from .normalization import circular_conv_norm, conv2d_adjoint
+from .operators import circular_conv_norm, conv2d_adjoint
 from .solvers.base import SolverError
 from .solvers.linear import LINEAR_SOLVERS
 from .solvers.nonlinear import NONLINEAR_SOLVERS
