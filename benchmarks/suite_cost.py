@@ -7,8 +7,11 @@ of the resolved config exactly as ``bench run`` does, times ``--steps`` training
 ones, and one evaluation pass over ``--eval-batches`` batches of the suite's evaluation split, then extrapolates:
 
     training  = steps per run × s/step,  steps per run = min(max_steps, epochs × ⌈n_train / batch⌉)
-    evaluation = (epochs × |val| + (steps / every_steps + 1) × |eval split| + Σ severities × |eval split| × k)
-                 × s/sample, k = 1 (noise, structured) or 3 (FGSM: a forward, a backward and a forward)
+    evaluation = (epochs × |val| + (steps / every_steps + 1) × |eval split|) × s/sample
+                 + |eval split| × Σ over (corruption, severity) [severity 0: s/sample;
+                   else repeats × (s/sample + g × s/gradient)], g = 0 (noise, structured), 1 (FGSM), steps (PGD)
+
+with s/gradient the timed input gradient ∇ₓ loss of the evaluation batches (what an attack step costs).
 
 Image tasks whose files are absent are timed on random tensors of the real shape and size (what a step costs
 does not depend on the pixel values much). Implicit cells: the solver's iterations change during training, so
@@ -27,6 +30,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from bench.corruptions import input_gradient, parse_spec
 from bench.registries import build_penalty, build_task
 from bench.suite import load_suite
 from bench.tasks import DataError
@@ -38,7 +42,6 @@ from irn_core.models import build_model
 
 FAKE = {"mnist": ((1, 28, 28), 60000, 10000, 10), "cifar10": ((3, 32, 32), 50000, 10000, 10),
         "cifar100": ((3, 32, 32), 50000, 10000, 100)}
-FGSM_COST = 3  # forward + input gradient + forward, per sample, relative to one evaluation forward
 
 
 def splits(task, seed):
@@ -107,18 +110,19 @@ def time_cell(cfg, device, steps, warmup, eval_batches):
     sync(device)
     s_step = (time.perf_counter() - t0) / steps
 
-    split = {"test": test, "train": train, "val": val}.get(ecfg.get("split", "test")) or test
+    name = ecfg.get("split", "test")
+    split = {"test": test, "train": train, "val": val}[name]
+    if split is None:  # as the runner: no silent fallback to another split
+        raise ValueError(f"evaluate.split is {name!r} but task {task.name!r} has no {name} set")
     ebs = int(ecfg.get("batch_size", 256))
     n_eval = min(len(split), ecfg.get("max_samples") or len(split))
     sub = Subset(split, range(min(n_eval, eval_batches * ebs)))
+    if len(sub) == 0:
+        raise ValueError(f"the evaluation split {name!r} is empty")
+    plan = parse_spec(ecfg.get("corruptions") or {})
+    attacks = any(c.needs_model and any(s > 0 for s in sev) for c, sev in plan)
     model.eval()
-    sync(device)
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        for x, y in DataLoader(sub, batch_size=ebs):
-            task.metrics(task.forward(model, x.to(device), y.to(device)), y.to(device))
-    sync(device)
-    s_sample = (time.perf_counter() - t0) / len(sub)
+    s_sample, s_grad = _time_eval(model, task, sub, ebs, device, attacks)
 
     n_steps = int(tcfg["epochs"]) * math.ceil(len(train) / bs)
     if tcfg.get("max_steps"):
@@ -126,15 +130,45 @@ def time_cell(cfg, device, steps, warmup, eval_batches):
     epochs = math.ceil(n_steps / math.ceil(len(train) / bs))
     periodic = ecfg.get("periodic") or {}
     passes = (n_steps // int(periodic["every_steps"]) if periodic else 0) + 1  # + the final evaluation
-    sev = 0.0
-    for name, opts in (ecfg.get("corruptions") or {}).items():
-        for values in opts.values():
-            if isinstance(values, list):
-                sev += len(values) * (FGSM_COST if name == "fgsm" else 1)
-    samples = epochs * (len(val) if val is not None else 0) + (passes + sev) * n_eval
+    corr_s = n_eval * corruption_cost(plan, s_sample, s_grad)
+    eval_s = (epochs * (len(val) if val is not None else 0) + passes * n_eval) * s_sample + corr_s
     med = statistics.median(fwd_iters) if fwd_iters else None
-    return {"s_step": s_step, "steps": n_steps, "train_s": n_steps * s_step, "eval_s": samples * s_sample,
+    return {"s_step": s_step, "steps": n_steps, "train_s": n_steps * s_step, "eval_s": eval_s,
             "fwd_iters": med, "data": data}
+
+
+def _time_eval(model, task, sub, ebs, device, attacks):
+    """(s per sample of an evaluation forward, s per sample of an input gradient ∇ₓ loss or None)."""
+    batches = [(x.to(device), y.to(device)) for x, y in DataLoader(sub, batch_size=ebs)]
+    sync(device)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for x, y in batches:
+            task.metrics(task.forward(model, x, y), y)
+    sync(device)
+    s_sample = (time.perf_counter() - t0) / len(sub)
+    if not attacks:
+        return s_sample, None
+    t0 = time.perf_counter()
+    for x, y in batches:
+        input_gradient(model, task, x, y)
+    sync(device)
+    return s_sample, (time.perf_counter() - t0) / len(sub)
+
+
+def corruption_cost(plan, s_sample, s_grad):
+    """Seconds per evaluated sample of every (corruption, severity) pass, as ``evaluate_corruptions`` runs them:
+    severity 0 is one plain pass; otherwise ``repeats`` passes, each one forward plus, for FGSM, one input
+    gradient and for PGD ``steps`` of them."""
+    total = 0.0
+    for corr, severities in plan:
+        for sev in severities:
+            if sev == 0:
+                total += s_sample
+                continue
+            grads = {"fgsm": 1, "pgd": int(corr.opts.get("steps", 10))}.get(corr.name, 0)
+            total += int(corr.opts.get("repeats", 1)) * (s_sample + grads * (s_grad or 0.0))
+    return total
 
 
 def main():
