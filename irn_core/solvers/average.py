@@ -45,9 +45,8 @@ def picard_average(g: Map, y0: torch.Tensor, *, tol: float = 1e-6, max_iter: int
     stall = check_stall(stall)
     t0 = time.perf_counter()
     gy = g(y0)
-    check_initial(gy, "picard_average")
     res = residual_norm(gy - y0, gy, mode)
-    pr = Progress(y0, res, tol, max_iter, stall)
+    pr = Progress(y0, res, tol, max_iter, stall, ("picard_average", gy))
     y, nfe = y0, 1
     a = torch.full_like(res, float(alpha))
     view = (-1,) + (1,) * (y0.dim() - 1)

@@ -123,7 +123,8 @@ def to_host(res) -> np.ndarray:
 
 class Progress:
     """The per-iteration bookkeeping every nonlinear solver shares: the per-sample lowest residual and its iterate,
-    the max-over-batch residual history, the stop test and its reason — for **one** host read of the per-sample
+    the max-over-batch residual history, the stop test and its reason, and (``initial`` given) the finiteness of
+    the map at the initial guess — for **one** host read of the per-sample
     residual (B numbers) per iteration and no other device work: the test, the best residuals and the history are
     kept on the host (float64 NumPy), where they cost microseconds instead of a dozen device kernels.
 
@@ -132,8 +133,11 @@ class Progress:
     ``torch.where`` over the state. ``stall`` > 0 stops after that many consecutive iterations in which no
     unconverged sample lowered its best residual by ≥ :data:`STALL_GAIN` (1 %)."""
 
-    def __init__(self, y0: torch.Tensor, res0, tol: float, max_iter: int, stall: int = 0):
+    def __init__(self, y0: torch.Tensor, res0, tol: float, max_iter: int, stall: int = 0,
+                 initial: Optional[Tuple[str, torch.Tensor]] = None):
         r = to_host(res0)
+        if initial is not None and not np.isfinite(r).all():  # g(y₀) is looked at only when its residual is not finite
+            check_initial(initial[1], initial[0])
         self.dtype, self.device = y0.dtype, y0.device
         self.best_y, self.best, self.init = y0, r.copy(), r
         self.tol, self.max_iter, self.stall = tol, max_iter, stall
@@ -275,7 +279,9 @@ def scale_residual(rn, gn, n: int, mode: str, dtype: torch.dtype):
 
 
 def check_initial(gy: torch.Tensor, name: str) -> None:
-    """g must be finite at the initial guess; otherwise no solver can help (the model is broken)."""
+    """g must be finite at the initial guess; otherwise no solver can help (the model is broken). The solvers run
+    this test only when the initial residual they read anyway is not finite (``Progress(..., initial=(name, g(y₀)))``):
+    a finite residual norm implies finite g(y₀), so the usual solve pays no extra pass over the state."""
     check_finite(gy, f"{name}: the map evaluated at the initial guess")
 
 

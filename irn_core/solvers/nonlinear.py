@@ -15,7 +15,7 @@ from typing import Callable, Tuple
 import numpy as np
 import torch
 
-from .base import (Progress, Registry, SolverStats, batch_norm, check_initial, check_mode, check_stall,
+from .base import (Progress, Registry, SolverStats, batch_norm, check_mode, check_stall,
                    prepare_forward_ad, residual_norm, scale_residual, to_host)
 
 __all__ = ["NONLINEAR_SOLVERS", "register_nonlinear", "get_nonlinear", "fixed_point", "anderson", "lbfgs", "newton_krylov"]
@@ -25,10 +25,6 @@ register_nonlinear = NONLINEAR_SOLVERS.register
 get_nonlinear = NONLINEAR_SOLVERS.get
 
 Map = Callable[[torch.Tensor], torch.Tensor]
-
-#: Anderson computes its Gram row elementwise (one temporary of B·m·n entries) below this size, by bmm above
-SMALL_PRODUCT_BYTES = 1 << 20
-
 
 @register_nonlinear("fixed_point")
 def fixed_point(g: Map, y0: torch.Tensor, *, tol: float = 1e-6, max_iter: int = 200, mode: str = "abs",
@@ -43,8 +39,7 @@ def fixed_point(g: Map, y0: torch.Tensor, *, tol: float = 1e-6, max_iter: int = 
         raise ValueError(f"fixed_point damping must be in (0, 1], got {damping}")
     t0 = time.perf_counter()
     gy = g(y0)
-    check_initial(gy, "fixed_point")
-    pr = Progress(y0, residual_norm(gy - y0, gy, mode), tol, max_iter, check_stall(stall))
+    pr = Progress(y0, residual_norm(gy - y0, gy, mode), tol, max_iter, check_stall(stall), ("fixed_point", gy))
     y, nfe = y0, 1
     while not pr.done:
         y = gy if damping == 1.0 else (1.0 - damping) * y + damping * gy
@@ -80,9 +75,8 @@ def anderson(g: Map, y0: torch.Tensor, *, tol: float = 1e-6, max_iter: int = 100
     dt, dev = y0.dtype, y0.device
     x = y0.reshape(B, n)
     f = g(y0).reshape(B, n)
-    check_initial(f, "anderson")
     r = f - x
-    pr = Progress(x, residual_norm(r, f, mode), tol, max_iter, stall)
+    pr = Progress(x, residual_norm(r, f, mode), tol, max_iter, stall, ("anderson", f))
     nfe = 1
     if pr.done:
         return pr.finish("anderson", nfe, t0, mode, shape)
@@ -100,50 +94,39 @@ def anderson(g: Map, y0: torch.Tensor, *, tol: float = 1e-6, max_iter: int = 100
     eye = np.eye(mk)
     diag = np.arange(1, mk + 1)
     eps = float(torch.finfo(dt).eps)
-    small = B * mk * n * y0.element_size() <= SMALL_PRODUCT_BYTES
     xk = f if beta == 1.0 else x + beta * r  # first step: (damped) Picard
     k = 1  # iterates stored so far
-    while True:
-        fk = g(xk.reshape(shape)).reshape(B, n)
-        nfe += 1
-        slot, nk = k % mk, min(k + 1, mk)
-        rk = torch.sub(fk, xk, out=G[:, slot])  # written in place: no transient residual tensor
-        F[:, slot] = fk
-        if small:  # ⟨G_i, G_k⟩, i < nk: an elementwise product beats bmm's per-sample GEMV on small states
-            row = (G[:, :nk] * rk.unsqueeze(1)).sum(dim=2)
-        else:
-            row = torch.bmm(G[:, :nk], rk.unsqueeze(2)).squeeze(2)
-        if mode == "rel":
-            row = torch.cat([row, batch_norm(fk).unsqueeze(1)], dim=1)
-        row = to_host(row)  # the iteration's one host read
-        H[:, 1 + slot, 1:nk + 1] = row[:, :nk]
-        H[:, 1:nk + 1, 1 + slot] = row[:, :nk]
-        rn = np.sqrt(np.maximum(row[:, slot], 0.0))  # ‖G_k‖ from the Gram diagonal
-        if pr.update(xk, scale_residual(rn, row[:, nk] if mode == "rel" else None, n, mode, dt)):
-            break
-        k += 1
-        Hk = H[:, :nk + 1, :nk + 1].copy()
-        d = diag[:nk]
-        with np.errstate(all="ignore"):  # a diverged sample's inf/NaN stays in its own system
+    with np.errstate(all="ignore"):  # a diverged sample's inf/NaN stays in its own system
+        while True:
+            fk = g(xk.reshape(shape)).reshape(B, n)
+            nfe += 1
+            slot, nk = k % mk, min(k + 1, mk)
+            rk = torch.sub(fk, xk, out=G[:, slot])  # written in place: no transient residual tensor
+            F[:, slot] = fk
+            row = torch.bmm(G[:, :nk], rk.unsqueeze(2)).squeeze(2)  # ⟨G_i, G_k⟩, i < nk
+            if mode == "rel":
+                row = torch.cat([row, batch_norm(fk).unsqueeze(1)], dim=1)
+            row = to_host(row)  # the iteration's one host read
+            H[:, 1 + slot, 1:nk + 1] = row[:, :nk]
+            H[:, 1:nk + 1, 1 + slot] = row[:, :nk]
+            rn = np.sqrt(np.maximum(row[:, slot], 0.0))  # ‖G_k‖ from the Gram diagonal
+            if pr.update(xk, scale_residual(rn, row[:, nk] if mode == "rel" else None, n, mode, dt)):
+                break
+            k += 1
+            Hk = H[:, :nk + 1, :nk + 1].copy()
+            d = diag[:nk]
             Hk[:, d, d] += (lam + eps) * np.maximum(Hk[:, d, d].max(axis=1), eps)[:, None]
-        sol, info = torch.linalg.solve_ex(torch.from_numpy(Hk), torch.from_numpy(rhs[:, :nk + 1]))
-        alpha = sol.numpy()[:, 1:]
-        bad = (info.numpy() != 0) | ~np.isfinite(alpha).all(axis=1)
-        if bad.any():  # singular, or a diverged sample: its plain step (the others are untouched)
-            alpha = alpha.copy()
-            alpha[bad] = eye[slot, :nk]
-        a = torch.from_numpy(np.ascontiguousarray(alpha)).to(device=dev, dtype=dt)
-        xk = _combine(a, F, nk, small)
-        if beta != 1.0:
-            xk = xk - (1.0 - beta) * _combine(a, G, nk, small)
+            sol, info = torch.linalg.solve_ex(torch.from_numpy(Hk), torch.from_numpy(rhs[:, :nk + 1]))
+            alpha = sol.numpy()[:, 1:]
+            bad = (info.numpy() != 0) | ~np.isfinite(alpha).all(axis=1)
+            if bad.any():  # singular, or a diverged sample: its plain step (the others are untouched)
+                alpha = alpha.copy()
+                alpha[bad] = eye[slot, :nk]
+            a = torch.from_numpy(np.ascontiguousarray(alpha)).to(device=dev, dtype=dt)
+            xk = torch.bmm(a.unsqueeze(1), F[:, :nk]).squeeze(1)  # Σ_i α_i g(y_i), per sample
+            if beta != 1.0:
+                xk = xk - (1.0 - beta) * torch.bmm(a.unsqueeze(1), G[:, :nk]).squeeze(1)
     return pr.finish("anderson", nfe, t0, mode, shape)
-
-
-def _combine(a: torch.Tensor, V: torch.Tensor, nk: int, small: bool) -> torch.Tensor:
-    """Σ_i a[:, i] V[:, i] over the first ``nk`` stored vectors, per sample."""
-    if small:
-        return (a.unsqueeze(2) * V[:, :nk]).sum(dim=1)
-    return torch.bmm(a.unsqueeze(1), V[:, :nk]).squeeze(1)
 
 
 class _Converged(Exception):
@@ -167,9 +150,8 @@ def lbfgs(g: Map, y0: torch.Tensor, *, tol: float = 1e-6, max_iter: int = 200, m
     t0 = time.perf_counter()
     with torch.no_grad():
         gy = g(y0)
-    check_initial(gy, "lbfgs")
     evals = max_eval or max_iter * 5
-    pr = Progress(y0, residual_norm(gy - y0, gy, mode), tol, evals if max_iter > 0 else 0, stall)
+    pr = Progress(y0, residual_norm(gy - y0, gy, mode), tol, evals if max_iter > 0 else 0, stall, ("lbfgs", gy))
     state = {"nfe": 1}
     if pr.done:
         return pr.finish("lbfgs", 1, t0, mode)
@@ -220,10 +202,9 @@ def newton_krylov(g: Map, y0: torch.Tensor, *, tol: float = 1e-6, max_iter: int 
     y = y0
     gy = g(y)
     nfe = 1
-    check_initial(gy, "newton_krylov")
     r = y - gy
     rn = batch_norm(r)
-    pr = Progress(y, residual_norm(r, gy, mode), tol, max_iter, stall)
+    pr = Progress(y, residual_norm(r, gy, mode), tol, max_iter, stall, ("newton_krylov", gy))
     view = (-1,) + (1,) * (y0.dim() - 1)
     while not pr.done:
         y_lin = y
