@@ -1,11 +1,12 @@
 """The bundled authors' ex1/ex3 training curves (Reshniak & Webster's code at e831e4c, AUTHORS-CODE.md §2.1/§2.3)
 and the ``training_curves`` option ``reference``: the bundled CSV equals the shared one after the documented
 renaming, its values are SPEC.md's, and a tiny real ex1 suite (θ ∈ {0, .5}, α_div 0, 1 seed, 3 epochs) renders the
-authors' dashed curves and a final-loss table whose numbers equal the reference and the logged MLflow metric."""
+authors' curves (thin, open circles) and a final-loss table whose numbers equal the reference and the logged MLflow metric."""
 from __future__ import annotations
 
 import csv
 import math
+import re
 import os
 from pathlib import Path
 
@@ -156,7 +157,8 @@ def test_final_loss_table_equals_reference_and_logged_metric(rendered):
     tex = (out / "02-training_curves-final-loss.tex").read_text()
     assert "1 finished seed " in tex and "e831e4c" in tex
     svg = (out / "02-training_curves.svg").read_text()
-    assert svg.count('stroke-dasharray') > 0  # the dashed reference curves
+    assert re.search(r'<path id="m[0-9a-f]+" d="[^"]*\sC ', svg)  # the reference curves' open-circle markers (and their legend entry)
+    assert "open circles: reference" in (out / "index.md").read_text()
 
 
 def test_default_entry_unchanged_no_table(rendered):
@@ -167,8 +169,9 @@ def test_default_entry_unchanged_no_table(rendered):
     assert "could not be rendered" not in idx
     sec1 = idx.split("## training curves")[1]  # the default entry's section
     assert "01-training_curves.png" in sec1 and "authors" not in sec1 and "reference" not in sec1
-    # the default figure has no dashed line (ours are solid: one linestyle per cell group)
-    assert "stroke-dasharray" not in (out / "01-training_curves.svg").read_text()
+    # the default figure has no dashed line (ours are solid: one linestyle per cell group) and no reference markers
+    svg = (out / "01-training_curves.svg").read_text()
+    assert "stroke-dasharray" not in svg and not re.search(r'<path id="m[0-9a-f]+" d="[^"]*\sC ', svg)
 
 
 @pytest.mark.parametrize("case,cfg,want", [

@@ -157,7 +157,7 @@ def _final_loss_table(ctx, e, sub, cells, curves, suffix, title_part, m="train/l
                  {"metrics": None, "hue": None, "split_by": None, "band": "std", "logy": None, "reference": None},
                  doc="metrics per epoch (default: every train/ and val/ metric), one line per cell coloured by θ, "
                      "seeds as a ±std band; one figure per case; reference: authors-ex1-ex3-curves (or a CSV) "
-                     "draws the authors' logged curves dashed and tabulates the final training loss against theirs",
+                     "draws the authors' logged curves (thin, open circles) and tabulates the final training loss against theirs",
                  check=_check)
 def render(ctx, e):
     ep = ctx.data.epochs
@@ -206,10 +206,12 @@ def render(ctx, e):
                     ax.fill_between(mean.index, lo.values, hi.values, color=c.color, alpha=0.2, lw=0,
                                     rasterized=len(mean) > 300)
             refvals = []
-            for c, (rc, _) in zip(cells, curves):  # the reference's curve: same colour, dashed, thinner
+            for c, (rc, _) in zip(cells, curves):  # the reference's curve: same colour, thin, open circles — a style
+                # no cell dimension uses (cells take the line styles: a dashed reference read as a cell)
                 r = rc[rc["metric"] == m].dropna(subset=["value"]) if rc is not None and not c.finished.empty else None
                 if r is not None and len(r):
-                    ax.plot(r["epoch"], r["value"], color=c.color, ls="--", lw=0.8, rasterized=len(r) > 300)
+                    ax.plot(r["epoch"], r["value"], color=c.color, ls="-", lw=0.6, marker="o", ms=3.0, mfc="none",
+                            mew=0.7, markevery=max(1, len(r) // 12), rasterized=len(r) > 300)
                     refvals.append(r["value"])
                     drawn = True
             logy = e["logy"]
@@ -228,7 +230,8 @@ def render(ctx, e):
         if drawn:
             from matplotlib.lines import Line2D
 
-            handles, labels = handles + [Line2D([], [], color="0.3", ls="--", lw=0.8)], labels + ["authors (dashed)"]
+            handles, labels = handles + [Line2D([], [], color="0.3", ls="-", lw=0.6, marker="o", ms=3.0,
+                                               mfc="none", mew=0.7)], labels + ["authors (thin, ○)"]
         if handles:
             fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(labels), 5),
                        frameon=False, title=key_label(hue) if hue else None)
@@ -241,7 +244,8 @@ def render(ctx, e):
         if missing:
             cap += "; not shown: " + ", ".join(missing)
         if ref is not None:
-            cap += (f"; dashed: reference {e['reference']} (the authors' logged curves), in the matching cell's colour"
+            cap += (f"; thin lines with open circles: reference {e['reference']} (the authors' logged curves), in the "
+                    "matching cell's colour"
                     if drawn else f"; no cell matches a curve of reference {e['reference']}")
         ctx.figure(fig, suffix, cap)
         if ref is not None:
