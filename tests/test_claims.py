@@ -197,3 +197,19 @@ def test_a_derived_metric_needs_the_report_that_computes_it(tmp_path):
     assert any("claims[0].metric" in x and "trajectories" in x for x in e.value.errors), e.value.errors
     p.write_text(p.read_text() + "  - {kind: trajectories}\n")
     load_checked(p)
+
+
+def test_infinite_paired_differences_are_decided_by_the_sign_test_and_say_so():
+    """An ∞ measure (an orbit that left z > 0) has no t-interval; the exact sign test decides: 3 of 3 seeds one way
+    is p = 0.25 (inconclusive), 6 of 6 is p = 0.031 (holds / fails); the evidence never claims '1 seed'."""
+    from bench.report.claims import _interval
+    from bench.report.kinds._common import verdict
+
+    inf = float("inf")
+    v = verdict([inf, inf, 0.5])
+    assert v[0] == "inconclusive" and v[4] == 3 and math.isnan(v[2])
+    assert "1 seed" not in _interval(v) and "n=3" in _interval(v) and "sign test" in _interval(v)
+    assert verdict([inf] * 3 + [0.1] * 3)[0] == "holds"
+    assert verdict([-inf] * 6)[0] == "fails"
+    assert verdict([inf, -inf, inf, -inf, inf, -inf])[0] == "inconclusive"
+    assert verdict([inf])[0] == "inconclusive" and "1 seed" in _interval(verdict([inf]))

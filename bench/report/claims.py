@@ -206,8 +206,11 @@ def _interval(v) -> str:
     _, m, lo, hi, n = v[:5]
     if n == 0:
         return "no shared finished seed"
-    if n < 2 or math.isnan(lo):
+    if n < 2:
         return f"{_num(m)} (1 seed: no interval)"
+    if math.isnan(lo):
+        return (f"{_num(m)} (n={n}; infinite differences have no t interval: decided by the two-sided sign test at 5 %, "
+                "which needs >= 6 seeds all one way)")
     return f"{_num(m)} [{_num(lo)}, {_num(hi)}] (n={n})"
 
 
@@ -304,8 +307,12 @@ def _in_band(vals: Sequence[float], band: Sequence[float], head: Callable[[float
     m, hw, n = t_interval(vals)
     if n == 0:
         return {"verdict": "inconclusive", "n": 0, "evidence": "no finished run with this metric"}
-    if n < 2 or math.isnan(hw):
+    if n < 2:
         return {"verdict": "inconclusive", "n": n, "evidence": f"{head(m)}; 1 seed: no interval"}
+    if math.isnan(hw):
+        inf = sum(math.isinf(v) for v in vals)
+        return {"verdict": "inconclusive", "n": n,
+                "evidence": f"{head(m)}; infinite in {inf} of {n} seeds: no t interval (n={n})"}
     lo, hi = m - hw, m + hw
     v = "holds" if band[0] <= lo and hi <= band[1] else "fails" if hi < band[0] or lo > band[1] else "inconclusive"
     return {"verdict": v, "n": n, "evidence": f"{head(m)}; 95 % interval [{_num(lo)}, {_num(hi)}] (n={n})"}

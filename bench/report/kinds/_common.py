@@ -115,8 +115,17 @@ def t_interval(values: Sequence[float], level: float = 0.95):
 def verdict(diffs: Sequence[float], level: float = 0.95):
     """Is the mean of paired differences (e.g. θ = 1 minus θ = 0 at the same seed) positive?
     (verdict, mean, lo, hi, n): "holds" when the t-interval lies above 0, "fails" when below 0,
-    "inconclusive" when it contains 0 or n < 2 (no interval from one seed)."""
+    "inconclusive" when it contains 0 or n < 2 (no interval from one seed). Infinite differences (a measure that is
+    ∞ by definition, e.g. an orbit leaving z > 0) have no t-interval: the exact two-sided sign test decides instead
+    (holds / fails at p < 1 − level, so only with ≥ 6 seeds all one way at 95 %); lo and hi are NaN then."""
     m, hw, n = t_interval(diffs, level)
+    if n >= 2 and any(math.isinf(d) for d in diffs):
+        from scipy import stats
+
+        pos, neg = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
+        p = float(stats.binomtest(pos, pos + neg).pvalue) if pos + neg else 1.0
+        v = "inconclusive" if p >= 1 - level or pos == neg else "holds" if pos > neg else "fails"
+        return v, m, float("nan"), float("nan"), n
     if n < 2 or math.isnan(hw):
         return "inconclusive", m, float("nan"), float("nan"), n
     lo, hi = m - hw, m + hw
