@@ -15,6 +15,9 @@ import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+#: an SVG marker definition drawn with curves: the reference curves' open circles (tick marks are straight)
+CIRCLE_MARKER = re.compile(r'<path id="m[0-9a-f]+" d="[^"]*\sC ')
+
 typer_testing = pytest.importorskip("typer.testing")
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "authors-ex1-ex3-curves.csv"
@@ -157,7 +160,7 @@ def test_final_loss_table_equals_reference_and_logged_metric(rendered):
     tex = (out / "02-training_curves-final-loss.tex").read_text()
     assert "1 finished seed " in tex and "e831e4c" in tex
     svg = (out / "02-training_curves.svg").read_text()
-    assert re.search(r'<path id="m[0-9a-f]+" d="[^"]*\sC ', svg)  # the reference curves' open-circle markers (and their legend entry)
+    assert CIRCLE_MARKER.search(svg)  # the reference curves' open-circle markers (and their legend entry)
     assert "open circles: reference" in (out / "index.md").read_text()
 
 
@@ -171,7 +174,7 @@ def test_default_entry_unchanged_no_table(rendered):
     assert "01-training_curves.png" in sec1 and "authors" not in sec1 and "reference" not in sec1
     # the default figure has no dashed line (ours are solid: one linestyle per cell group) and no reference markers
     svg = (out / "01-training_curves.svg").read_text()
-    assert "stroke-dasharray" not in svg and not re.search(r'<path id="m[0-9a-f]+" d="[^"]*\sC ', svg)
+    assert "stroke-dasharray" not in svg and not CIRCLE_MARKER.search(svg)
 
 
 @pytest.mark.parametrize("case,cfg,want", [

@@ -153,6 +153,10 @@ def _final_loss_table(ctx, e, sub, cells, curves, suffix, title_part, m="train/l
     ctx.table(disp, num, (suffix + "-" if suffix else "") + "final-loss", cap)
 
 
+#: the authors' reference curves: thin, open circles — a style no cell dimension takes (cells use the line styles)
+_REF_STYLE = dict(ls="-", lw=0.6, marker="o", ms=3.0, mfc="none", mew=0.7)
+
+
 @register_report("training_curves",
                  {"metrics": None, "hue": None, "split_by": None, "band": "std", "logy": None, "reference": None},
                  doc="metrics per epoch (default: every train/ and val/ metric), one line per cell coloured by θ, "
@@ -210,8 +214,8 @@ def render(ctx, e):
                 # no cell dimension uses (cells take the line styles: a dashed reference read as a cell)
                 r = rc[rc["metric"] == m].dropna(subset=["value"]) if rc is not None and not c.finished.empty else None
                 if r is not None and len(r):
-                    ax.plot(r["epoch"], r["value"], color=c.color, ls="-", lw=0.6, marker="o", ms=3.0, mfc="none",
-                            mew=0.7, markevery=max(1, len(r) // 12), rasterized=len(r) > 300)
+                    ax.plot(r["epoch"], r["value"], color=c.color, markevery=max(1, len(r) // 12),
+                            rasterized=len(r) > 300, **_REF_STYLE)
                     refvals.append(r["value"])
                     drawn = True
             logy = e["logy"]
@@ -230,8 +234,7 @@ def render(ctx, e):
         if drawn:
             from matplotlib.lines import Line2D
 
-            handles, labels = handles + [Line2D([], [], color="0.3", ls="-", lw=0.6, marker="o", ms=3.0,
-                                               mfc="none", mew=0.7)], labels + ["authors (thin, ○)"]
+            handles, labels = handles + [Line2D([], [], color="0.3", **_REF_STYLE)], labels + ["authors (thin, ○)"]
         if handles:
             fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(labels), 5),
                        frameon=False, title=key_label(hue) if hue else None)
