@@ -24,15 +24,17 @@ class StepProblem:
     """Everything the backward needs about one θ-step, handed to :class:`ImplicitStep`.
 
     phi(x, y) -> Φ(γ, x, y) (built with a graph during backward); h the step; y the solution;
-    backward_solve(A, b) -> (v, SolverStats); on_stats(stats) receives the backward stats.
+    backward_solve(A, b) -> (v, SolverStats); on_stats(stats) receives the backward stats; out, if given, the
+    value the step returns instead of y (the update x + hΦ(γ, x, y), differentiated as y is).
     """
 
-    __slots__ = ("phi", "h", "y", "params", "backward_solve", "on_stats")
+    __slots__ = ("phi", "h", "y", "params", "backward_solve", "on_stats", "out")
 
     def __init__(self, phi: Callable, h: float, y: torch.Tensor, params: Sequence[torch.Tensor],
-                 backward_solve: Callable, on_stats: Optional[Callable[[SolverStats], None]] = None):
+                 backward_solve: Callable, on_stats: Optional[Callable[[SolverStats], None]] = None,
+                 out: Optional[torch.Tensor] = None):
         self.phi, self.h, self.y, self.params = phi, h, y, tuple(params)
-        self.backward_solve, self.on_stats = backward_solve, on_stats
+        self.backward_solve, self.on_stats, self.out = backward_solve, on_stats, out
 
 
 class ImplicitStep(torch.autograd.Function):
@@ -46,8 +48,9 @@ class ImplicitStep(torch.autograd.Function):
         ctx.problem = problem
         y = problem.y
         ctx.save_for_backward(x, y)
-        problem.y = None  # the tensor lives on in ctx / the graph only
-        return y
+        out = y if problem.out is None else problem.out
+        problem.y = problem.out = None  # the tensors live on in ctx / the graph only
+        return out
 
     @staticmethod
     @once_differentiable

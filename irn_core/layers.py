@@ -31,6 +31,7 @@ __all__ = ["ThetaLayer", "ImplicitBlock", "ImplicitLayer", "ThetaMethod", "Conve
 
 PHIS = ("one_leg", "convex")
 INITIAL_GUESSES = ("explicit", "previous")
+OUTPUTS = ("solution", "update")
 NONCONVERGENCE_POLICIES = ("warn", "raise", "ignore")
 
 SolverArg = Union[str, Dict[str, Any], SolverSpec]
@@ -128,10 +129,13 @@ class ThetaMethod(ImplicitLayer):
     """The configuration shared by the θ-method layers (ThetaLayer, ImplicitBlock, TimeIndexedBlock): θ, Φ, solvers,
     initial guess, and the trajectory kept for the regularisers."""
 
-    def _configure(self, theta, phi, solver, backward, on_nonconvergence, name, initial_guess="explicit"):
+    def _configure(self, theta, phi, solver, backward, on_nonconvergence, name, initial_guess="explicit",
+                   output="solution"):
         if initial_guess not in INITIAL_GUESSES:
             raise ValueError(f"initial_guess must be one of {', '.join(INITIAL_GUESSES)}, got {initial_guess!r}")
-        self.initial_guess = initial_guess
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, got {output!r}")
+        self.initial_guess, self.output = initial_guess, output
         self.theta = _check_theta(theta)
         self.phi = _check_phi(phi)
         self.solver = NONLINEAR_SOLVERS.resolve(DEFAULT_SOLVER if solver is None else solver)
@@ -171,7 +175,11 @@ class ThetaMethod(ImplicitLayer):
             except SolverError as e:
                 raise SolverError(f"{self.layer_name}: forward solve failed: {e}") from e
             stats.nfe += int(fx is not None)
-        if not bool(torch.isfinite(y).all()):
+            # "update": the layer returns x + hΦ(γ, x, ŷ) at the solver's ŷ (the authors' ode.py:336), one more
+            # F-evaluation; a solve skipped at the initial guess x then gives the explicit step, not x.
+            out = g(y) if self.output == "update" else y
+            stats.nfe += int(self.output == "update")
+        if not bool(torch.isfinite(out).all()):
             raise SolverError(f"{self.layer_name}: forward solve ({stats.solver}) returned NaN/Inf")
         record.append(stats)
         self._report(stats, "forward")
@@ -179,7 +187,7 @@ class ThetaMethod(ImplicitLayer):
         params = list(named.values())
         if not torch.is_grad_enabled() or not (x.requires_grad or any(p.requires_grad for p in params)):
             record_bwd.append(None)
-            return y
+            return out
         slot = len(record_bwd)
         record_bwd.append(None)
 
@@ -208,6 +216,7 @@ class ThetaMethod(ImplicitLayer):
         problem = StepProblem(
             phi=lambda x_, y_: phi_value(bound, x_, y_, theta, phi),
             h=h, y=y, params=params, backward_solve=backward_solve, on_stats=on_stats,
+            out=None if out is y else out,
         )
         return ImplicitStep.apply(problem, x, *params)
 
@@ -225,6 +234,9 @@ class ThetaLayer(ThetaMethod, nn.Module):
         on_nonconvergence: ``"warn"`` (once per layer and call-site), ``"raise"`` or ``"ignore"``.
         initial_guess: ``"explicit"`` (the solve starts from x + hF(x)) or ``"previous"`` (from x, as the
             authors' code: AUTHORS-CODE §1.5).
+        output: ``"solution"`` (y = the solver's ŷ) or ``"update"`` (y = x + hΦ(γ, x, ŷ), one more
+            F-evaluation, as the authors' code; a solve accepted at ŷ = x then returns the explicit step).
+            The gradient is the IFT gradient at ŷ (eq 17) either way.
 
     After each call ``last_stats`` holds the forward SolverStats (None at θ = 0) and, once backward has
     run, ``last_backward_stats`` the backward ones.
@@ -232,9 +244,10 @@ class ThetaLayer(ThetaMethod, nn.Module):
 
     def __init__(self, field: nn.Module, theta: float = DEFAULT_THETA, h: float = 1.0, phi: str = DEFAULT_PHI,
                  solver: Optional[SolverArg] = None, backward: Optional[SolverArg] = None,
-                 on_nonconvergence: str = "warn", name: Optional[str] = None, initial_guess: str = "explicit"):
+                 on_nonconvergence: str = "warn", name: Optional[str] = None, initial_guess: str = "explicit",
+                 output: str = "solution"):
         nn.Module.__init__(self)
-        self._configure(theta, phi, solver, backward, on_nonconvergence, name, initial_guess)
+        self._configure(theta, phi, solver, backward, on_nonconvergence, name, initial_guess, output)
         self.field = field
         self.h = float(h)
 
@@ -268,9 +281,10 @@ class ImplicitBlock(ThetaMethod, nn.Module):
     def __init__(self, field: Union[nn.Module, Sequence[nn.Module]], steps: int, theta: float = DEFAULT_THETA,
                  h: Optional[float] = None, horizon: Optional[float] = None, phi: str = DEFAULT_PHI,
                  solver: Optional[SolverArg] = None, backward: Optional[SolverArg] = None,
-                 on_nonconvergence: str = "warn", name: Optional[str] = None, initial_guess: str = "explicit"):
+                 on_nonconvergence: str = "warn", name: Optional[str] = None, initial_guess: str = "explicit",
+                 output: str = "solution"):
         nn.Module.__init__(self)
-        self._configure(theta, phi, solver, backward, on_nonconvergence, name, initial_guess)
+        self._configure(theta, phi, solver, backward, on_nonconvergence, name, initial_guess, output)
         steps = int(steps)
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
