@@ -31,7 +31,7 @@ __all__ = ["ThetaLayer", "ImplicitBlock", "ImplicitLayer", "ThetaMethod", "Conve
 
 PHIS = ("one_leg", "convex")
 INITIAL_GUESSES = ("explicit", "previous")
-OUTPUTS = ("solution", "update")
+RETURNS = ("solution", "update")
 NONCONVERGENCE_POLICIES = ("warn", "raise", "ignore")
 
 SolverArg = Union[str, Dict[str, Any], SolverSpec]
@@ -130,12 +130,12 @@ class ThetaMethod(ImplicitLayer):
     initial guess, and the trajectory kept for the regularisers."""
 
     def _configure(self, theta, phi, solver, backward, on_nonconvergence, name, initial_guess="explicit",
-                   output="solution"):
+                   returns="solution"):
         if initial_guess not in INITIAL_GUESSES:
             raise ValueError(f"initial_guess must be one of {', '.join(INITIAL_GUESSES)}, got {initial_guess!r}")
-        if output not in OUTPUTS:
-            raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, got {output!r}")
-        self.initial_guess, self.output = initial_guess, output
+        if returns not in RETURNS:
+            raise ValueError(f"returns must be one of {', '.join(RETURNS)}, got {returns!r}")
+        self.initial_guess, self.returns = initial_guess, returns
         self.theta = _check_theta(theta)
         self.phi = _check_phi(phi)
         self.solver = NONLINEAR_SOLVERS.resolve(DEFAULT_SOLVER if solver is None else solver)
@@ -177,8 +177,8 @@ class ThetaMethod(ImplicitLayer):
             stats.nfe += int(fx is not None)
             # "update": the layer returns x + hΦ(γ, x, ŷ) at the solver's ŷ (the authors' ode.py:336), one more
             # F-evaluation; a solve skipped at the initial guess x then gives the explicit step, not x.
-            out = g(y) if self.output == "update" else y
-            stats.nfe += int(self.output == "update")
+            out = g(y) if self.returns == "update" else y
+            stats.nfe += int(self.returns == "update")
         if not bool(torch.isfinite(out).all()):
             raise SolverError(f"{self.layer_name}: forward solve ({stats.solver}) returned NaN/Inf")
         record.append(stats)
@@ -234,7 +234,7 @@ class ThetaLayer(ThetaMethod, nn.Module):
         on_nonconvergence: ``"warn"`` (once per layer and call-site), ``"raise"`` or ``"ignore"``.
         initial_guess: ``"explicit"`` (the solve starts from x + hF(x)) or ``"previous"`` (from x, as the
             authors' code: AUTHORS-CODE §1.5).
-        output: ``"solution"`` (y = the solver's ŷ) or ``"update"`` (y = x + hΦ(γ, x, ŷ), one more
+        returns: ``"solution"`` (y = the solver's ŷ) or ``"update"`` (y = x + hΦ(γ, x, ŷ), one more
             F-evaluation, as the authors' code; a solve accepted at ŷ = x then returns the explicit step).
             The gradient is the IFT gradient at ŷ (eq 17) either way.
 
@@ -245,9 +245,9 @@ class ThetaLayer(ThetaMethod, nn.Module):
     def __init__(self, field: nn.Module, theta: float = DEFAULT_THETA, h: float = 1.0, phi: str = DEFAULT_PHI,
                  solver: Optional[SolverArg] = None, backward: Optional[SolverArg] = None,
                  on_nonconvergence: str = "warn", name: Optional[str] = None, initial_guess: str = "explicit",
-                 output: str = "solution"):
+                 returns: str = "solution"):
         nn.Module.__init__(self)
-        self._configure(theta, phi, solver, backward, on_nonconvergence, name, initial_guess, output)
+        self._configure(theta, phi, solver, backward, on_nonconvergence, name, initial_guess, returns)
         self.field = field
         self.h = float(h)
 
@@ -282,9 +282,9 @@ class ImplicitBlock(ThetaMethod, nn.Module):
                  h: Optional[float] = None, horizon: Optional[float] = None, phi: str = DEFAULT_PHI,
                  solver: Optional[SolverArg] = None, backward: Optional[SolverArg] = None,
                  on_nonconvergence: str = "warn", name: Optional[str] = None, initial_guess: str = "explicit",
-                 output: str = "solution"):
+                 returns: str = "solution"):
         nn.Module.__init__(self)
-        self._configure(theta, phi, solver, backward, on_nonconvergence, name, initial_guess, output)
+        self._configure(theta, phi, solver, backward, on_nonconvergence, name, initial_guess, returns)
         steps = int(steps)
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")

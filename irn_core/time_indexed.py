@@ -104,9 +104,9 @@ class TimeIndexedBlock(ThetaMethod, nn.Module):
 
     def __init__(self, field: TimeIndexedField, steps: int, h: float, theta: float = 0.5, phi: str = "one_leg",
                  solver=None, backward=None, on_nonconvergence: str = "warn", name: Optional[str] = None,
-                 initial_guess: str = "explicit", output: str = "solution"):
+                 initial_guess: str = "explicit", returns: str = "solution"):
         nn.Module.__init__(self)
-        self._configure(theta, phi, solver, backward, on_nonconvergence, name, initial_guess, output)
+        self._configure(theta, phi, solver, backward, on_nonconvergence, name, initial_guess, returns)
         if not isinstance(field, TimeIndexedField):
             raise TypeError("TimeIndexedBlock needs a TimeIndexedField")
         self.field = field

@@ -123,6 +123,42 @@ def test_initial_guess_previous_starts_the_solve_at_x():
         ThetaLayer(field, initial_guess="zero")
 
 
+@pytest.mark.parametrize("theta", [0.5, 1.0])
+def test_returns_update_is_the_theta_update_at_the_solution_with_the_ift_gradient(theta):
+    """returns="update" returns x + hA((1−θ)x + θŷ) (the authors' ode.py:336). A solve accepted at ŷ = x (loose tol)
+    then gives the explicit step, and its gradient is the IFT gradient at ŷ = x:
+    ∇_x = (I + h(1−θ)Aᵀ)(I − hθAᵀ)⁻¹ dy (closed form for F(y) = Ay). With a tight tol the output is the exact solution."""
+    torch.manual_seed(5)
+    A = 0.3 * torch.randn(3, 3, dtype=torch.float64)
+    field = nn.Linear(3, 3, bias=False).double()
+    with torch.no_grad():
+        field.weight.copy_(A)
+    h, eye = 0.4, torch.eye(3, dtype=torch.float64)
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    dy = torch.randn(4, 3, dtype=torch.float64)
+    loose = ThetaLayer(field, theta=theta, h=h, initial_guess="previous", returns="update",
+                       solver={"name": "lbfgs", "tol": 1e3}, backward={"name": "direct"})
+    y = loose(x)
+    st = loose.last_stats
+    assert st.iterations == 0 and st.nfe == 2  # the initial residual and the update, no solve
+    assert torch.allclose(y, x + h * x @ A.T, atol=1e-14)  # the explicit step, not x
+    (gx,) = torch.autograd.grad(y, x, dy)
+    expect = dy @ torch.linalg.inv(eye - h * theta * A) @ (eye + h * (1 - theta) * A)  # the closed form, row-wise
+    assert torch.allclose(gx, expect, atol=1e-12)
+    plain = ThetaLayer(field, theta=theta, h=h, initial_guess="previous", solver={"name": "lbfgs", "tol": 1e3})
+    assert torch.equal(plain(x), x)  # returns="solution" gives the accepted guess itself
+    tight = ThetaLayer(field, theta=theta, h=h, initial_guess="previous", returns="update",
+                       solver={"name": "anderson", "tol": 1e-13, "max_iter": 200})
+    exact = torch.linalg.solve(eye - h * theta * A, (eye + h * (1 - theta) * A) @ x.detach().T).T
+    assert torch.allclose(tight(x), exact, atol=1e-11)
+    tight_solution = ThetaLayer(field, theta=theta, h=h, initial_guess="previous",
+                                solver={"name": "anderson", "tol": 1e-13, "max_iter": 200})
+    assert torch.allclose(tight_solution(x), exact, atol=1e-11)
+    assert tight.last_stats.nfe == tight_solution.last_stats.nfe + 1  # the update's one F-evaluation
+    with pytest.raises(ValueError, match="returns must be one of solution, update"):
+        ThetaLayer(field, returns="explicit")
+
+
 class _Quadratic(nn.Module):
     """F(y) = a·y²/2 on 1-D states: ∂F/∂y = a·y."""
 

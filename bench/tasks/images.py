@@ -83,7 +83,7 @@ def _mnist_like_model(task: ImageTask, arch: str) -> dict:
     if arch == "mnist_e831e4c":  # AUTHORS-CODE §1.5: z₀ = x, ‖r‖² ≤ 1e-6 per sample (= ‖r‖ ≤ 1e-3), L-BFGS
         return {"name": "mnist_e831e4c", "in_channels": task.input_shape[0], "num_classes": task.num_classes,
                 "image_size": side, "layer": {
-                    "theta": 0.5, "initial_guess": "previous", "output": "update",
+                    "theta": 0.5, "initial_guess": "previous", "returns": "update",
                     "solver": {"name": "lbfgs", "tol": 1e-3, "max_iter": 200, "mode": "abs", "history_size": 10},
                     "backward": {"name": "gmres", "tol": 1e-6, "max_iter": 50}}}
     if arch == "mnist_compact":

@@ -232,7 +232,7 @@ class Ex2Stiff(TrajectoryTask):
                     "init": "xavier_unit_frobenius", "steps": self.options.steps, "horizon": self.options.horizon,
                     "output": "trajectory", "time_fields": {"count": 2 * self.options.steps,
                                                             "span": 2 * self.options.horizon},
-                    "layer": {"theta": 0.5, "phi": "one_leg", "initial_guess": "previous", "output": "update",
+                    "layer": {"theta": 0.5, "phi": "one_leg", "initial_guess": "previous", "returns": "update",
                               "field": {"gated": {"limits": [-25.0, -20.0, -15.0], "spectral_norm": "exact"}}}}
         return {"name": "mlp_ode", "dims": [1, 4, 4, 1], "activation": "relu", "steps": self.options.steps,
                 "horizon": self.options.horizon, "shared": False, "output": "trajectory",

@@ -9,7 +9,7 @@ The ``layer`` dict of a model config (same for every model)::
       backward: {name: gmres, tol: 1.0e-6, max_iter: 50}
       on_nonconvergence: warn    # warn | raise | ignore
       initial_guess: explicit    # explicit (x + hF(x)) | previous (x, the authors' code)
-      output: solution           # solution (the solver's ŷ) | update (x + hΦ(x, ŷ), the authors' code)
+      returns: solution          # solution (the solver's ŷ) | update (x + hΦ(x, ŷ), the authors' code)
       # omitted: theta 0.0 (explicit), phi/solver/backward as irn_core.layers.DEFAULT_*; see complete_layer
       field: {eig_range: [-3, 1], ...}   # optional wrapping of every field F (see make_field)
       # or field: {gated: {limits: [-1, 0, 1], spectral_norm: null}}: the authors' gated F^{a,b} (0.9801·F)
@@ -28,7 +28,7 @@ from ..layers import DEFAULT_THETA
 
 __all__ = ["LAYER_KEYS", "split_layer", "make_field", "Normalize", "check_kwargs", "eigen_range_class"]
 
-LAYER_KEYS = ("theta", "phi", "solver", "backward", "on_nonconvergence", "initial_guess", "output", "field")
+LAYER_KEYS = ("theta", "phi", "solver", "backward", "on_nonconvergence", "initial_guess", "returns", "field")
 _DEFAULT_LAYER = {"theta": DEFAULT_THETA}
 
 
