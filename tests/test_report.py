@@ -462,14 +462,18 @@ def test_invariant_drift_is_zero_on_the_exact_orbit_and_positive_off_it(store):
     import numpy as np
 
     from bench.report.kinds.trajectories import _invariant_drift
-    from bench.tasks.ode import lotka_invariant, lotka_solution
+    from bench.tasks.ode import lotka_invariant, lotka_rhs, lotka_solution
 
     z = np.stack([lotka_solution((1.0, 1.0 + 0.2 * k), 0.2, 500) for k in range(3)])  # t in [0, 100]
     assert _invariant_drift(z) < 1e-7
+    # the equilibrium (1, 1/2) by the vector field (independent of lotka_equilibrium): V's minimum, 1.6667 + (2/3) ln 2
+    assert np.allclose(lotka_rhs(0.0, [1.0, 0.5]), 0.0)
+    v_min = lotka_invariant(1.0, 0.5)
+    assert v_min == pytest.approx(1 + 2 / 3 + 2 / 3 * np.log(2))
     t = np.arange(501) * 0.2
     decay = z * np.exp(-0.002 * t)[None, :, None]
     V = lotka_invariant(decay[..., 0], decay[..., 1])
-    want = np.mean(np.max(np.abs(V - V[:, :1]), axis=1) / np.abs(V[:, 0]))
+    want = np.mean(np.max(np.abs(V - V[:, :1]), axis=1) / (V[:, 0] - v_min))
     assert _invariant_drift(decay) == pytest.approx(want) and want > 1e-3
     neg = z.copy()
     neg[0, 10, 0] = -0.1
@@ -477,9 +481,13 @@ def test_invariant_drift_is_zero_on_the_exact_orbit_and_positive_off_it(store):
     from bench.report.kinds.trajectories import _orbit_drifts
 
     per = _orbit_drifts(np.concatenate([decay, neg[:1]]))  # 3 decaying orbits + one that leaves z > 0
-    want_each = np.max(np.abs(V - V[:, :1]), axis=1) / np.abs(V[:, 0])
+    want_each = np.max(np.abs(V - V[:, :1]), axis=1) / (V[:, 0] - v_min)
     assert np.allclose(per[:3], want_each) and np.isinf(per[3])
     assert np.median(per) == pytest.approx(np.median(np.append(want_each, np.inf)))  # finite: 1 of 4 leaves
+    # an orbit that spirals into the equilibrium scores 1 (z(t) = z* + (z(0) − z*)e^{−t/10} ends at z*)
+    eq = np.array([1.0, 0.5])
+    spiral = eq + (z[:, :1] - eq) * np.exp(-t / 10)[None, :, None]
+    assert np.allclose(_orbit_drifts(spiral), 1.0, atol=1e-6)
     got = pd.read_csv(store["out"] / "06-trajectories-ex3.csv")
     assert "invariant_drift/continuous/mean" in got.columns and "invariant_drift/discrete/mean" in got.columns
     assert "invariant_drift_median/continuous/mean" in got.columns

@@ -260,6 +260,11 @@ def lotka_invariant(z1, z2):
     return d * z1 - g * np.log(z1) + b * z2 - a * np.log(z2)
 
 
+def lotka_equilibrium() -> Tuple[float, float]:
+    """The positive equilibrium (γ/δ, α/β), where the invariant takes its minimum over z > 0."""
+    return LV["gamma"] / LV["delta"], LV["alpha"] / LV["beta"]
+
+
 @functools.lru_cache(maxsize=32)
 def lotka_solution(z0: Tuple[float, float], dt: float, n: int, rtol: float = 1e-10, atol: float = 1e-10) -> np.ndarray:
     """States z(j·dt), j = 0..n, shape (n+1, 2), by scipy's DOP853 with tight tolerances."""

@@ -138,8 +138,9 @@ def render(ctx, e):
                   f"Root-mean-square error of the rollouts against the exact solution on all test trajectories"
                   f"{' — ' + title_part if title_part else ''}, up to the training horizon and beyond it "
                   f"(extrapolation); mean ± std over seeds"
-                  + ("; invariant drift (ex3): per orbit, the max over the rollout of |V(z(t)) − V(z(0))| / V(z(0)), V the "
-                     "Lotka–Volterra invariant — 0 for a flow that stays on its orbit, ∞ for one that leaves z > 0; "
+                  + ("; invariant drift (ex3): per orbit, the max over the rollout of |V(z(t)) − V(z(0))| / (V(z(0)) − V*), V the "
+                     "Lotka–Volterra invariant, V* its minimum (the equilibrium) — 0 for a flow that stays on its orbit, 1 for "
+                     "one that spirals into the equilibrium, ∞ for one that leaves z > 0; "
                      "'invariant drift' is its mean over the test orbits (∞ if any leaves), 'median orbit drift' its "
                      "median over them (mean ± std over seeds), and 'orbits leaving' counts them per seed" if
                      any("invariant_drift/continuous/mean" in r for r in num) else "") + ".")
@@ -217,16 +218,20 @@ def _rollouts(ctx, row, e):
 
 
 def _orbit_drifts(states: np.ndarray) -> np.ndarray:
-    """Per trajectory: max over the rollout of |V(z(t)) − V(z(0))| / V(z(0)), V the Lotka–Volterra invariant
-    (conserved by the true flow); ∞ for a trajectory that leaves the positive quadrant (V undefined there)."""
-    from ...tasks.ode import lotka_invariant
+    """Per trajectory: max over the rollout of |V(z(t)) − V(z(0))| / (V(z(0)) − V*), V the Lotka–Volterra invariant
+    (conserved by the true flow), V* its minimum (at the equilibrium): 0 on the orbit, 1 for a flow that spirals into
+    the equilibrium, unbounded for one that spirals out; ∞ when it leaves the positive quadrant (V undefined there).
+    Dividing by the orbit's height V(z(0)) − V* and not by V(z(0)) makes the measure independent of V's arbitrary
+    additive constant (by V(z(0)), collapsing onto the equilibrium from (1, 1) would score 0.09)."""
+    from ...tasks.ode import lotka_equilibrium, lotka_invariant
 
     z = np.asarray(states, dtype=np.float64)
     out = np.full(z.shape[0], np.inf)
     ok = np.isfinite(z).all(axis=(1, 2)) & (z > 0).all(axis=(1, 2))
     if ok.any():
         V = lotka_invariant(z[ok][..., 0], z[ok][..., 1])
-        out[ok] = np.max(np.abs(V - V[:, :1]), axis=1) / np.abs(V[:, 0])
+        v_min = lotka_invariant(*lotka_equilibrium())
+        out[ok] = np.max(np.abs(V - V[:, :1]), axis=1) / (V[:, 0] - v_min)
     return out
 
 
