@@ -231,3 +231,19 @@ def test_iterations_grid_is_fevals_per_step_of_the_last_epoch_with_the_authors_v
                     & (ref["metric"] == "forward_iters_per_step")]
             assert row["reference"] == float(a[a["epoch"] == a["epoch"].max()]["value"].iloc[0])
     assert (rendered["out"] / "03-iterations_grid.png").stat().st_size > 0
+
+
+def test_seed_band_on_a_log_axis_falls_back_to_min_max_where_mean_minus_std_is_not_positive():
+    from bench.report.kinds.training_curves import band_limits
+
+    seeds = pd.DataFrame({"epoch": [1, 1, 2, 2], "loss": [1e-4, 1e-1, 2e-4, 3e-4]})  # epoch 1: std > mean
+    g = seeds.groupby("epoch")["loss"]
+    mean, sd = g.mean(), g.std()
+    band = [(mean - sd, mean + sd, g.min(), g.max())]
+    (lo, hi), = band_limits(band, "std", logy=False)[0]
+    assert lo[1] == pytest.approx(0.05005 - 0.070640, rel=1e-4) and hi[2] == pytest.approx(2.5e-4 + 0.7071e-4, rel=1e-3)
+    limits, minmax = band_limits(band, "std", logy=True)
+    assert minmax and list(limits[0][0]) == [1e-4, 2e-4] and list(limits[0][1]) == [1e-1, 3e-4]
+    limits, minmax = band_limits([(mean - sd / 1e3, mean + sd, g.min(), g.max())], "std", logy=True)
+    assert not minmax  # every mean − std > 0: the ± std band is drawn as it is
+    assert band_limits(band, "minmax", logy=False)[1]

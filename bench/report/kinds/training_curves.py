@@ -94,6 +94,14 @@ def _g(x, digits=4) -> str:
     return "—" if x is None or math.isnan(x) else f"{x:.{digits}g}"
 
 
+def band_limits(bands, kind: str, logy: bool):
+    """The seed bands of one axis: ``bands`` = [(mean − std, mean + std, min, max)] per cell. Returns ([(lo, hi)], minmax):
+    ± std, unless ``kind`` is ``minmax`` or the axis is logarithmic and some mean − std ≤ 0 (a band that cannot be drawn
+    there): then every cell of the axis gets its seeds' min–max."""
+    minmax = kind == "minmax" or (logy and any(bool((b[0] <= 0).any()) for b in bands))
+    return [(b[2], b[3]) if minmax else (b[0], b[1]) for b in bands], minmax
+
+
 def _final_loss_table(ctx, e, sub, cells, curves, suffix, title_part, m="train/loss"):
     """Table "final training loss: ours vs the authors'": per matched cell our ``m`` at each finished seed's last
     logged epoch (mean, ± std from 2 seeds), the reference's value at its last epoch, ours / theirs, and both at
@@ -192,7 +200,9 @@ def render(ctx, e):
         ncol = min(n, 3)
         nrow = math.ceil(n / ncol)
         fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.0 * nrow), squeeze=False)
+        log_band = False  # a ±std band on a log axis: drawn as the seeds' min–max instead (mean − std crosses 0)
         for ax, m in zip(axes.flat, metrics):
+            bands = []
             for c in cells:
                 rows = sub[sub["spec_hash"].isin(c.finished["spec_hash"])][["spec_hash", "epoch", m]].dropna()
                 if rows.empty:
@@ -202,13 +212,8 @@ def render(ctx, e):
                 (ln,) = ax.plot(mean.index, mean.values, color=c.color, ls=c.linestyle, lw=1.4, label=c.label)
                 ln.set_rasterized(len(mean) > 300)  # long histories: keep the SVG small (axes stay vector)
                 if e["band"] != "none" and rows["spec_hash"].nunique() > 1:
-                    if e["band"] == "std":
-                        sd = g.std().fillna(0.0)
-                        lo, hi = mean - sd, mean + sd
-                    else:
-                        lo, hi = g.min(), g.max()
-                    ax.fill_between(mean.index, lo.values, hi.values, color=c.color, alpha=0.2, lw=0,
-                                    rasterized=len(mean) > 300)
+                    sd = g.std().fillna(0.0)
+                    bands.append((c, mean, mean - sd, mean + sd, g.min(), g.max()))
             refvals = []
             for c, (rc, _) in zip(cells, curves):  # the reference's curve: same colour, thin, open circles — a style
                 # no cell dimension uses (cells take the line styles: a dashed reference read as a cell)
@@ -225,6 +230,11 @@ def render(ctx, e):
                         and len(vals) and (vals > 0).all() and vals.max() / max(vals.min(), 1e-300) > 20)
             if logy:
                 ax.set_yscale("log")
+            limits, minmax = band_limits([b[2:] for b in bands], e["band"], bool(logy))
+            log_band |= minmax and e["band"] == "std"
+            for (c, mean, *_), (lo, hi) in zip(bands, limits):
+                ax.fill_between(mean.index, lo.values, hi.values, color=c.color, alpha=0.2, lw=0,
+                                rasterized=len(mean) > 300)
             ax.set_xlabel("epoch")
             ax.set_ylabel(m)
             ax.set_title(pretty_metric(m), fontsize=8)
@@ -239,11 +249,15 @@ def render(ctx, e):
             fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(labels), 5),
                        frameon=False, title=key_label(hue) if hue else None)
         missing = [c.label + f" ({c.status_text})" for c in cells if c.finished.empty]
+        nseed = runs["seed"].nunique()
+        band_text = {"std": "mean ± std over seeds", "minmax": "mean, min–max over seeds"}.get(e["band"])
+        if log_band:
+            band_text = "mean; bands ± std, or min–max on a log axis where mean − std ≤ 0"
         fig.suptitle("Training curves" + (f" — {title_part}" if title_part else "")
-                     + (" (mean ± std over seeds)" if e["band"] == "std" and runs["seed"].nunique() > 1 else ""))
+                     + (f" ({band_text}, {nseed} seeds)" if band_text and nseed > 1 else ""))
         fig.tight_layout()
         cap = (f"Training curves{' for ' + title_part if title_part else ''}: one line per cell, coloured by "
-               f"{key_label(hue) if hue else 'cell'}" + ("; bands: seeds" if runs['seed'].nunique() > 1 else ""))
+               f"{key_label(hue) if hue else 'cell'}" + (f"; bands: {band_text}, {nseed} seeds" if band_text and nseed > 1 else ""))
         if missing:
             cap += "; not shown: " + ", ".join(missing)
         if ref is not None:
