@@ -319,3 +319,58 @@ def test_loss_mean_over_entries_with_initial_is_the_authors_normalisation():
     assert float(task.loss(out, target)) == pytest.approx(expected, rel=1e-6)
     m = task.metrics(out, target)
     assert m["loss"] / m["n"] == pytest.approx(expected, rel=1e-6)
+
+
+def _authors_lbfgs(g, x0, tol_sq, min_grads=3):
+    """The authors' forward solve as AUTHORS-CODE §1.5 describes it (written here independently of irn_core): skip
+    when max_i ‖r_i‖² ≤ tol at x0; else torch's L-BFGS (history 10, strong Wolfe, tolerances 1e-9, 200 iterations)
+    on mean_i ‖r_i‖², the gradient only while max_i ‖r_i‖² > tol or fewer than min_grads closures ran."""
+    err = ((g(x0) - x0) ** 2).sum(1)
+    if float(err.max()) <= tol_sq:
+        return x0, 0
+    x = x0.clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([x], lr=1, max_iter=200, tolerance_grad=1e-9, tolerance_change=1e-9, history_size=10,
+                            line_search_fn="strong_wolfe")
+    calls = [0]
+
+    def closure():
+        opt.zero_grad()
+        res = ((g(x) - x) ** 2).sum(1)
+        if float(res.detach().max()) > tol_sq or calls[0] < min_grads:
+            x.grad, = torch.autograd.grad(res.mean(), x)
+        calls[0] += 1
+        return res.mean()
+    opt.step(closure)
+    return x.detach(), calls[0]
+
+
+@pytest.mark.parametrize("scale", [0.1, 0.3, 0.6])  # 0.1: 4 closures, 3 without min_gradients
+def test_lbfgs_zero_gradient_stop_is_the_authors_solve(scale):
+    """stop="zero_gradient", objective="batch_mean", min_gradients=3, tolerances 1e-9: the same iterate and the same
+    closure count as the authors' solve; tol 1e-3 on ‖r‖ is their 1e-6 on ‖r‖²."""
+    from irn_core.solvers import get_nonlinear
+
+    torch.manual_seed(7)
+    W1, W2 = scale * torch.randn(8, 3, dtype=torch.float64), scale * torch.randn(3, 8, dtype=torch.float64)
+    x = torch.randn(16, 3, dtype=torch.float64)
+    g = lambda y: x + 0.5 * torch.tanh(y @ W1.T) @ W2.T  # noqa: E731
+    want, calls = _authors_lbfgs(g, x, 1e-6)
+    assert calls >= 4  # 3 forced gradients, then the zero-gradient closure
+    got, st = get_nonlinear("lbfgs")(g, x, tol=1e-3, mode="abs", max_iter=200, history_size=10,
+                                     objective="batch_mean", stop="zero_gradient", min_gradients=3,
+                                     tolerance_grad=1e-9, tolerance_change=1e-9)
+    assert torch.allclose(got, want, rtol=0, atol=1e-12)  # the same iterates (summation order aside)
+    assert st.nfe - 1 == calls and st.all_converged and st.stop == "converged"
+    assert torch.allclose(st.residual, (g(got) - got).norm(dim=1))
+    best, sb = get_nonlinear("lbfgs")(g, x, tol=1e-3, mode="abs", max_iter=200, history_size=10)
+    assert sb.all_converged and float((g(best) - best).norm(dim=1).max()) <= 1e-3  # the library's stop: tol met
+
+
+def test_lbfgs_rejects_unknown_objective_and_stop():
+    from irn_core.solvers import get_nonlinear
+
+    y = torch.zeros(2, 2)
+    with pytest.raises(ValueError, match="objective must be one of half_sum, batch_mean"):
+        get_nonlinear("lbfgs")(lambda z: z + 1, y, objective="mean")
+    with pytest.raises(ValueError, match="stop must be one of best, zero_gradient"):
+        get_nonlinear("lbfgs")(lambda z: z + 1, y, stop="last")

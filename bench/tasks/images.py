@@ -84,7 +84,9 @@ def _mnist_like_model(task: ImageTask, arch: str) -> dict:
         return {"name": "mnist_e831e4c", "in_channels": task.input_shape[0], "num_classes": task.num_classes,
                 "image_size": side, "layer": {
                     "theta": 0.5, "initial_guess": "previous", "returns": "update",
-                    "solver": {"name": "lbfgs", "tol": 1e-3, "max_iter": 200, "mode": "abs", "history_size": 10},
+                    "solver": {"name": "lbfgs", "tol": 1e-3, "max_iter": 200, "mode": "abs", "history_size": 10,
+                               "objective": "batch_mean", "stop": "zero_gradient", "min_gradients": 3,
+                               "tolerance_grad": 1e-9, "tolerance_change": 1e-9},
                     "backward": {"name": "gmres", "tol": 1e-6, "max_iter": 50}}}
     if arch == "mnist_compact":
         return {"name": "mnist_compact", "channels": [8, 16, 32], "in_channels": task.input_shape[0],

@@ -133,43 +133,76 @@ class _Converged(Exception):
     pass
 
 
+LBFGS_OBJECTIVES = ("half_sum", "batch_mean")
+LBFGS_STOPS = ("best", "zero_gradient")
+
+
 @register_nonlinear("lbfgs")
 def lbfgs(g: Map, y0: torch.Tensor, *, tol: float = 1e-6, max_iter: int = 200, mode: str = "abs",
           history_size: int = 10, lr: float = 1.0, line_search: str = "strong_wolfe",
-          max_eval: int | None = None, stall: int = 0) -> Tuple[torch.Tensor, SolverStats]:
-    """Minimise ‖r(y)‖² = ‖g(y) − y‖² with ``torch.optim.LBFGS`` and a strong-Wolfe line search
-    (the authors' choice, §2.2.1). Each evaluation is one F-forward plus one VJP w.r.t. y only; the
-    map's parameters are never touched. ``iterations`` counts L-BFGS iterations; the history has one entry per
-    evaluation (the authors' "iterations" are these closure evaluations: ``nfe`` − 1).
+          max_eval: int | None = None, stall: int = 0, objective: str = "half_sum", stop: str = "best",
+          min_gradients: int = 0, tolerance_grad: float = 0.0,
+          tolerance_change: float = 0.0) -> Tuple[torch.Tensor, SolverStats]:
+    """Minimise the squared residual with ``torch.optim.LBFGS`` and a strong-Wolfe line search (the authors' choice,
+    §2.2.1). Each evaluation (closure) is one F-forward plus one VJP w.r.t. y only; the map's parameters are never
+    touched. ``iterations`` counts L-BFGS iterations, ``nfe`` the initial residual plus one per closure (the
+    authors' "iterations" are the closures: ``nfe`` − 1); the history has one entry per closure.
+
+    objective: ``half_sum`` ½Σ_i‖r_i‖², or ``batch_mean`` mean_i ‖r_i‖² (the authors': the scale sets L-BFGS's
+        first step, min(1, 1/‖∇‖₁), and what ``tolerance_change`` means).
+    stop: ``best`` — stop at the first closure where every sample's best residual meets ``tol`` and return each
+        sample's lowest-residual iterate (the library's contract); ``zero_gradient`` — the authors' rule
+        (nonlinear.py:18-56 at e831e4c): a closure computes the gradient while the current iterate's residual exceeds
+        ``tol`` for some sample or fewer than ``min_gradients`` closures ran, else it returns a zero gradient, which
+        ends L-BFGS by its own tests (as do ``tolerance_grad`` / ``tolerance_change``); the solve returns L-BFGS's
+        final iterate.
+    max_eval: closures at most (default ``max_iter``·5/4, torch's).
     """
     check_mode(mode)
     stall = check_stall(stall)
     ls = None if line_search in (None, "none") else line_search
     if ls not in (None, "strong_wolfe"):
         raise ValueError(f"lbfgs line_search must be 'strong_wolfe' or 'none', got {line_search!r}")
+    if objective not in LBFGS_OBJECTIVES:
+        raise ValueError(f"lbfgs objective must be one of {', '.join(LBFGS_OBJECTIVES)}, got {objective!r}")
+    if stop not in LBFGS_STOPS:
+        raise ValueError(f"lbfgs stop must be one of {', '.join(LBFGS_STOPS)}, got {stop!r}")
+    if min_gradients < 0 or tolerance_grad < 0 or tolerance_change < 0:
+        raise ValueError("lbfgs min_gradients, tolerance_grad and tolerance_change must be >= 0")
     t0 = time.perf_counter()
     with torch.no_grad():
         gy = g(y0)
-    evals = max_eval or max_iter * 5
+    evals = max_eval or max_iter * 5 // 4
     pr = Progress(y0, residual_norm(gy - y0, gy, mode), tol, evals if max_iter > 0 else 0, stall, ("lbfgs", gy))
-    state = {"nfe": 1}
+    state = {"nfe": 1, "last": None}
     if pr.done:
         return pr.finish("lbfgs", 1, t0, mode)
     y = y0.detach().clone().requires_grad_(True)
     opt = torch.optim.LBFGS([y], lr=lr, max_iter=max_iter, max_eval=evals,
-                            tolerance_grad=0.0, tolerance_change=0.0, history_size=history_size,
-                            line_search_fn=ls)
+                            tolerance_grad=tolerance_grad, tolerance_change=tolerance_change,
+                            history_size=history_size, line_search_fn=ls)
+    scale = 1.0 / y0.shape[0] if objective == "batch_mean" else 0.5
+    authors = stop == "zero_gradient"
 
     def closure():
         opt.zero_grad(set_to_none=True)
         with torch.enable_grad():
             gy = g(y)
             r = gy - y
-            loss = 0.5 * r.pow(2).sum()
-            (grad,) = torch.autograd.grad(loss, y)
+            loss = scale * r.pow(2).sum()
+            res = residual_norm(r.detach(), gy.detach(), mode)
+            if authors:  # the gradient only while not converged or fewer than min_gradients closures ran
+                host = to_host(res)
+                state["last"] = (y.detach().clone(), host)
+                need = bool((host > tol).any()) or state["nfe"] - 1 < min_gradients
+                grad = torch.autograd.grad(loss, y)[0] if need else None
+            else:
+                (grad,) = torch.autograd.grad(loss, y)
         state["nfe"] += 1
         with torch.no_grad():  # y is updated in place by the optimiser: record a copy
-            if pr.update(y.detach().clone(), residual_norm(r.detach(), gy.detach(), mode)) and pr.stop != "max_iter":
+            if authors:
+                pr.update(state["last"][0], state["last"][1])
+            elif pr.update(y.detach().clone(), res) and pr.stop != "max_iter":
                 raise _Converged
         y.grad = grad
         return loss.detach()
@@ -179,6 +212,22 @@ def lbfgs(g: Map, y0: torch.Tensor, *, tol: float = 1e-6, max_iter: int = 200, m
     except _Converged:
         pass
     it = int(opt.state[opt._params[0]].get("n_iter", 0)) if opt.state else 0
+    if authors:  # L-BFGS's final iterate; its residual is the last closure's when it sits there (the usual case)
+        with torch.no_grad():
+            last_y, last_r = state["last"]
+            if not torch.equal(last_y, y):
+                gy = g(y)
+                state["nfe"] += 1
+                last_r = to_host(residual_norm(gy - y, gy, mode))
+            out = y.detach()
+            res = torch.from_numpy(np.asarray(last_r, dtype=np.float64)).to(device=y.device, dtype=y.dtype)
+            conv = res <= tol
+            why = ("converged" if bool(conv.all()) else "max_iter" if state["nfe"] - 1 >= evals or it >= max_iter
+                   else "stalled")
+            stats = SolverStats(solver="lbfgs", iterations=it, residual=res, converged=conv, nfe=state["nfe"],
+                                wall_time=time.perf_counter() - t0, init_residual=torch.from_numpy(pr.init).to(
+                                    device=y.device, dtype=y.dtype), history=pr.hist, tol=tol, mode=mode, stop=why)
+        return out, stats
     out, stats = pr.finish("lbfgs", state["nfe"], t0, mode)
     stats.iterations = it
     return out, stats
