@@ -35,7 +35,7 @@ matrix:
   model.layer.theta: [0.0, 0.5]
 reports:
   - {kind: training_curves}
-  - {kind: training_curves, reference: authors-ex1-ex3-curves}
+  - {kind: training_curves, reference: authors-ex1-ex3-curves, reference_seed: 10}
   - {kind: iterations_grid, reference: authors-ex1-ex3-curves}
 """
 
@@ -85,8 +85,9 @@ def test_unknown_reference_is_a_validation_error():
 
     errs = check_reports([{"kind": "training_curves", "reference": "no-such-curves"},
                           {"kind": "training_curves", "reference": 3},
-                          {"kind": "training_curves", "reference": "authors-ex1-ex3-curves"}])
-    assert len(errs) == 2
+                          {"kind": "training_curves", "reference": "authors-ex1-ex3-curves"},
+                          {"kind": "training_curves", "reference": "authors-ex1-ex3-curves", "reference_seed": "ten"}])
+    assert len(errs) == 3 and errs[2].startswith("reports[3]") and "reference_seed: must be an integer" in errs[2]
     assert errs[0].startswith("reports[0]") and "unknown reference 'no-such-curves'" in errs[0]
     assert "authors-ex1-ex3-curves" in errs[0]  # lists the bundled ones
     assert errs[1].startswith("reports[1]") and "reference" in errs[1]
@@ -155,8 +156,11 @@ def test_final_loss_table_equals_reference_and_logged_metric(rendered):
         assert math.isnan(row["ours_final_std"])
         assert row["ratio"] == pytest.approx(ours / row["authors_final"], rel=1e-9)
         assert math.isnan(row["ours_at_300"]) and math.isnan(row["authors_at_300"])  # 3 epochs: not in both
+        assert row["ours_seed_10"] == pytest.approx(ours, rel=1e-9)  # reference_seed 10: the seed-10 run beside
+        assert row["ratio_seed_10"] == pytest.approx(ours / row["authors_final"], rel=1e-9)
     md = (out / "02-training_curves-final-loss.md").read_text()
     assert " ± " not in md and "ours @300" not in md  # one seed; no epoch 300 in ours
+    assert "ours, seed 10" in md and "ratio, seed 10" in md
     tex = (out / "02-training_curves-final-loss.tex").read_text()
     assert "1 finished seed " in tex and "e831e4c" in tex
     svg = (out / "02-training_curves.svg").read_text()

@@ -46,11 +46,14 @@ def _check(e):
         errs.append("metrics: must be a list of metric names such as train/loss")
     if e["logy"] not in (None, True, False):
         errs.append("logy: must be true, false or omitted (auto)")
+    rs = e.get("reference_seed")
+    if rs is not None and (isinstance(rs, bool) or not isinstance(rs, int)):
+        errs.append(f"reference_seed: must be an integer seed or omitted (got {rs!r})")
     return errs + check_reference(e["reference"])
 
 
 _REF_COLS = ("metric", "epoch", "value")
-_CHECKPOINTS = (300, 1000)  # the authors' checkpoints compared in the final-loss table
+_CHECKPOINTS = (100, 300, 1000)  # the authors' checkpoints compared in the final-loss table (100: the early-curve check)
 
 
 def _matches(want, got) -> bool:
@@ -105,7 +108,9 @@ def band_limits(bands, kind: str, logy: bool):
 def _final_loss_table(ctx, e, sub, cells, curves, suffix, title_part, m="train/loss"):
     """Table "final training loss: ours vs the authors'": per matched cell our ``m`` at each finished seed's last
     logged epoch (mean, ± std from 2 seeds), the reference's value at its last epoch, ours / theirs, and both at
-    the epochs of :data:`_CHECKPOINTS` logged by both."""
+    the epochs of :data:`_CHECKPOINTS` logged by both. With ``reference_seed`` (the seed the reference ran), that
+    seed's run beside them: its final value and ratio, and the checkpoints from it alone."""
+    rseed = e.get("reference_seed")
     if m not in sub.columns:
         ctx.note(f"{title_part or 'training curves'}: {m} not logged; no final-loss comparison.")
         return
@@ -133,8 +138,16 @@ def _final_loss_table(ctx, e, sub, cells, curves, suffix, title_part, m="train/l
              "authors: last epoch": str(a_ep), "authors": _g(a_val), "ours / authors": _g(ratio, 3)}
         r = {"cell": c.label, **keyvals, "n_seeds": n, "ours_epoch": max(ep_ours), "ours_final_mean": mean,
              "ours_final_std": sd, "authors_epoch": a_ep, "authors_final": a_val, "ratio": ratio}
+        at = rows
+        if rseed is not None:  # the reference's own seed: a like-for-like run beside the mean over seeds
+            hs = set(c.finished.loc[c.finished["seed"].astype(int) == int(rseed), "spec_hash"])
+            mine = last[last["spec_hash"].isin(hs)][m]
+            v = float(mine.iloc[0]) if len(mine) else float("nan")
+            r[f"ours_seed_{rseed}"], r[f"ratio_seed_{rseed}"] = v, v / a_val if a_val else float("nan")
+            d[f"ours, seed {rseed}"], d[f"ratio, seed {rseed}"] = _g(v), _g(r[f"ratio_seed_{rseed}"], 3)
+            at = rows[rows["spec_hash"].isin(hs)]
         for k in _CHECKPOINTS:
-            o = rows[rows["epoch"] == k][m]
+            o = at[at["epoch"] == k][m]
             a = rm[rm["epoch"] == k]["value"]
             both = len(o) and len(a)
             r[f"ours_at_{k}"] = float(o.mean()) if both else float("nan")
@@ -156,8 +169,10 @@ def _final_loss_table(ctx, e, sub, cells, curves, suffix, title_part, m="train/l
            f"Ours: mean over {'/'.join(map(str, ns))} finished seed{'s' if ns != [1] else ''} of {m} at each "
            f"seed's last logged epoch" + (" ± std over seeds" if max(ns) > 1 else " (no ± from one seed)")
            + f"; authors: reference {_ref_title(e['reference'], ctx)}, at their last logged epoch; "
-           f"ours / authors = ratio of the two; @{'/@'.join(map(str, _CHECKPOINTS))}: both at that epoch when "
-           "both logged it.")
+           f"ours / authors = ratio of the two"
+           + (f"; 'seed {rseed}': our run with the reference's seed alone" if rseed is not None else "")
+           + f"; @{'/@'.join(map(str, _CHECKPOINTS))}: both at that epoch when both logged it"
+           + (f" (ours: seed {rseed})" if rseed is not None else " (ours: mean over seeds)") + ".")
     ctx.table(disp, num, (suffix + "-" if suffix else "") + "final-loss", cap)
 
 
@@ -166,7 +181,8 @@ _REF_STYLE = dict(ls="-", lw=0.6, marker="o", ms=3.0, mfc="none", mew=0.7)
 
 
 @register_report("training_curves",
-                 {"metrics": None, "hue": None, "split_by": None, "band": "std", "logy": None, "reference": None},
+                 {"metrics": None, "hue": None, "split_by": None, "band": "std", "logy": None, "reference": None,
+                  "reference_seed": None},
                  doc="metrics per epoch (default: every train/ and val/ metric), one line per cell coloured by θ, "
                      "seeds as a ±std band; one figure per case; reference: authors-ex1-ex3-curves (or a CSV) "
                      "draws the authors' logged curves (thin, open circles) and tabulates the final training loss against theirs",
