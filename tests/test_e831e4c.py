@@ -374,3 +374,31 @@ def test_lbfgs_rejects_unknown_objective_and_stop():
         get_nonlinear("lbfgs")(lambda z: z + 1, y, objective="mean")
     with pytest.raises(ValueError, match="stop must be one of best, zero_gradient"):
         get_nonlinear("lbfgs")(lambda z: z + 1, y, stop="last")
+
+
+def test_theta_rollout_is_the_implicit_midpoint_map_and_drops_a_sample_that_blows_up():
+    """theta_rollout at θ = .5 on F(y) = Ay: y_{k+1} = (I − hA/2)⁻¹(I + hA/2) y_k (closed form), sampled at multiples
+    of h; a sample on a blowing-up field goes NaN without stopping the others."""
+    from irn_core.analysis import theta_rollout
+
+    A = torch.tensor([[0.0, 1.0], [-1.0, 0.0]], dtype=torch.float64)  # rotation: the midpoint rule keeps |y|
+    field = nn.Linear(2, 2, bias=False).double()
+    with torch.no_grad():
+        field.weight.copy_(A)
+    y0 = torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+    h, eye = 0.1, torch.eye(2, dtype=torch.float64)
+    M = torch.linalg.solve(eye - h / 2 * A, eye + h / 2 * A)
+    t, ys = theta_rollout(field, y0, [0.0, 0.5, 3.0], theta=0.5, h=h, tol=1e-13)
+    assert torch.allclose(ys[1], y0 @ torch.linalg.matrix_power(M, 5).T, atol=1e-10)
+    assert torch.allclose(ys[2], y0 @ torch.linalg.matrix_power(M, 30).T, atol=1e-10)
+    assert torch.allclose(ys[2].norm(dim=1), y0.norm(dim=1), atol=1e-10)  # on the circle
+    with pytest.raises(ValueError, match="multiple of h"):
+        theta_rollout(field, y0, [0.0, 0.05], h=h)
+
+    class Blow(nn.Module):  # y' = y² on the first coordinate: blows up in finite time from y = 1, not from y = 0
+        def forward(self, y):
+            return torch.stack([y[:, 0] ** 2, torch.zeros_like(y[:, 1])], 1)
+
+    _, zs = theta_rollout(Blow(), torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64), [0.0, 1.0, 3.0],
+                          theta=0.5, h=0.1)
+    assert torch.isnan(zs[2, 0]).all() and torch.equal(zs[2, 1], torch.tensor([0.0, 1.0], dtype=torch.float64))

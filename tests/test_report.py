@@ -618,3 +618,27 @@ def test_the_report_opens_with_the_suites_provenance(store):
     assert "| seeds | 0, 1 | ours (a choice of this benchmark) |" in head
     prov = pd.read_csv(store["out"] / "provenance.csv")
     assert list(prov["setting"]) == ["optimiser", "seeds"]
+
+
+def test_trajectories_continuous_by_small_theta_steps_agrees_with_solve_ivp(store):
+    """``continuous: {theta: .5, h: .01}`` (the authors' ex3 "continuous" solution) integrates the same learned field
+    as solve_ivp: their rollouts agree on the training horizon, and the caption names the θ-steps."""
+    text = store["suite"].read_text()
+    head, _ = text.split("reports:\n", 1)
+    other = store["tmp"] / "rtest_theta.yaml"
+    other.write_text(head + "reports:\n  - {kind: trajectories, where: {case: ex3}, continuous: {theta: 0.5, h: 0.01}}\n")
+    out = store["tmp"] / "out_theta"
+    res = _cli("report", other, "--tracking-uri", store["uri"], "--out", out)
+    assert res.exit_code == 0, res.output
+    got = pd.read_csv(next(out.glob("01-trajectories*.csv")))
+    ivp = pd.read_csv(store["out"] / "06-trajectories-ex3.csv")
+    for theta in (0.0, 1.0):
+        a = got[got["theta"] == theta]["rmse/continuous/in/mean"].iloc[0]
+        b = ivp[ivp["theta"] == theta]["rmse/continuous/in/mean"].iloc[0]
+        assert a == pytest.approx(b, rel=1e-3, abs=1e-4)  # h² = 1e-4: a second-order rule next to an adaptive one
+    assert "θ = 0.5 steps of h = 0.01" in (out / "index.md").read_text()
+    from bench.report.registry import check_reports
+
+    errs = check_reports([{"kind": "trajectories", "continuous": {"theta": 2, "h": 0.01}},
+                          {"kind": "trajectories", "continuous": {"h": 0.01}}])
+    assert len(errs) == 2 and all("continuous: omit it" in e for e in errs)

@@ -45,12 +45,17 @@ def _check(e):
         errs.append(f"sample: must be a test-trajectory index >= 0 (got {e['sample']!r})")
     if e["horizon"] is not None and not (isinstance(e["horizon"], (int, float)) and e["horizon"] > 0):
         errs.append(f"horizon: must be a positive time (got {e['horizon']!r})")
+    c = e["continuous"]
+    if c is not None and not (isinstance(c, dict) and set(c) == {"theta", "h"}
+                              and all(isinstance(c[k], (int, float)) and not isinstance(c[k], bool) for k in c)
+                              and 0 <= c["theta"] <= 1 and c["h"] > 0):
+        errs.append(f"continuous: omit it (scipy's `method`) or give {{theta: θ in [0, 1], h: > 0}} (got {c!r})")
     return errs
 
 
 @register_report("trajectories",
                  {"hue": None, "split_by": None, "seed": None, "sample": 0, "horizon": None, "method": "LSODA",
-                  "n_points": 400, "decimals": 4, "explicit_steps": 1000},
+                  "n_points": 400, "decimals": 4, "explicit_steps": 1000, "continuous": None},
                  doc="discrete network rollouts (top) and continuous-time rollouts of the learned field (bottom) vs "
                      "the data on the test horizon, the training horizon marked; RMSE table", check=_check)
 def render(ctx, e):
@@ -174,6 +179,25 @@ def _rollouts(ctx, row, e):
         x0n = x0[:, :-1].numpy().astype(np.float64)
         t0n = t0.numpy().astype(np.float64)
         exact_steps, exact_dense = _exact_from(task, x0n, t0n, t_steps), _exact_from(task, x0n, t0n, t_dense)
+    elif e["continuous"] is not None:  # the learned field's flow by small θ-steps (the authors' ex3: θ = .5, h = .01)
+        from irn_core.analysis import theta_rollout
+
+        y0 = model.lift(x0.float())
+        hc = float(e["continuous"]["h"])
+        fine = int(round(horizon / hc))
+        stride = max(1, fine // (int(e["n_points"]) - 1))
+        while fine % stride:  # a uniform grid that ends at the horizon
+            stride -= 1
+        k_dense = np.arange(0, fine + 1, stride)
+        k_steps = np.rint(t_steps / hc).astype(np.int64)
+        ks = np.union1d(k_dense, k_steps)
+        _, states = theta_rollout(model.block, y0, ks * hc, theta=float(e["continuous"]["theta"]), h=hc)
+        states = states.numpy().transpose(1, 0, 2)
+        pos = {int(k): i for i, k in enumerate(ks)}
+        cont_steps = states[:, [pos[int(k)] for k in k_steps]]
+        cont_dense, t_dense = states[:, [pos[int(k)] for k in k_dense]], k_dense * hc
+        x0n = x0.numpy().astype(np.float64)
+        exact_steps, exact_dense = _exact(task, x0n, t_steps), _exact(task, x0n, t_dense)
     else:
         y0 = model.lift(x0.float())
         _, cont_steps = rollout(model.block, y0, t_steps, method=e["method"])
@@ -294,6 +318,9 @@ def _figure(ctx, panels, e, title_part, suffix):
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()) if blocks > 1 else None)  # room for the title
     ctx.figure(fig, suffix, "Top (of each pair of rows): the trained network's discrete rollout; bottom: the learned "
                             "vector field integrated "
-                            "in continuous time (solve_ivp; for fields indexed by absolute time, the authors' θ = 0 with explicit_steps "
-                            "steps, t measured from each trajectory's t0); black: exact solution; dotted line: end of the training "
+                            + (f"by θ = {e['continuous']['theta']:g} steps of h = {e['continuous']['h']:g} (the authors' "
+                               "\"continuous\" solution)" if e["continuous"] is not None else
+                               "in continuous time (solve_ivp; for fields indexed by absolute time, the authors' θ = 0 "
+                               "with explicit_steps steps, t measured from each trajectory's t0)")
+                            + "; black: exact solution; dotted line: end of the training "
                             "interval (journal Figures 9 and 11)")
