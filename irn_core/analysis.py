@@ -209,9 +209,10 @@ def theta_rollout(layer_or_field, y0: torch.Tensor, t_eval: Union[Sequence[float
                                      tol=tol, mode="rms", max_iter=max_iter)
                     z[~st.converged] = float("nan")  # a step without a solution (the flow blew up within it)
                     new[ok] = z
+            finite = torch.isfinite(new.reshape(len(rows), -1)).all(1)
+            new[~finite] = float("nan")
             y[rows] = new
-            alive[rows] = torch.isfinite(new.reshape(len(rows), -1)).all(1)
-            y[~alive] = float("nan")
+            alive[rows] = finite
     return t_eval, out
 
 

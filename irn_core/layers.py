@@ -27,11 +27,12 @@ from .solvers.nonlinear import NONLINEAR_SOLVERS
 
 __all__ = ["ThetaLayer", "ImplicitBlock", "ImplicitLayer", "ThetaMethod", "ConvergenceWarning", "PHIS", "assign_names",
            "solver_stats", "implicit_layers", "theta_layers", "constraint_projections", "DEFAULT_THETA", "DEFAULT_PHI", "DEFAULT_SOLVER",
-           "DEFAULT_BACKWARD"]
+           "DEFAULT_BACKWARD", "DEFAULT_INITIAL_GUESS", "DEFAULT_RETURNS"]
 
 PHIS = ("one_leg", "convex")
 INITIAL_GUESSES = ("explicit", "previous")
 RETURNS = ("solution", "update")
+DEFAULT_INITIAL_GUESS, DEFAULT_RETURNS = "explicit", "solution"
 NONCONVERGENCE_POLICIES = ("warn", "raise", "ignore")
 
 SolverArg = Union[str, Dict[str, Any], SolverSpec]
@@ -129,8 +130,8 @@ class ThetaMethod(ImplicitLayer):
     """The configuration shared by the θ-method layers (ThetaLayer, ImplicitBlock, TimeIndexedBlock): θ, Φ, solvers,
     initial guess, and the trajectory kept for the regularisers."""
 
-    def _configure(self, theta, phi, solver, backward, on_nonconvergence, name, initial_guess="explicit",
-                   returns="solution"):
+    def _configure(self, theta, phi, solver, backward, on_nonconvergence, name, initial_guess=DEFAULT_INITIAL_GUESS,
+                   returns=DEFAULT_RETURNS):
         if initial_guess not in INITIAL_GUESSES:
             raise ValueError(f"initial_guess must be one of {', '.join(INITIAL_GUESSES)}, got {initial_guess!r}")
         if returns not in RETURNS:
@@ -244,8 +245,8 @@ class ThetaLayer(ThetaMethod, nn.Module):
 
     def __init__(self, field: nn.Module, theta: float = DEFAULT_THETA, h: float = 1.0, phi: str = DEFAULT_PHI,
                  solver: Optional[SolverArg] = None, backward: Optional[SolverArg] = None,
-                 on_nonconvergence: str = "warn", name: Optional[str] = None, initial_guess: str = "explicit",
-                 returns: str = "solution"):
+                 on_nonconvergence: str = "warn", name: Optional[str] = None, initial_guess: str = DEFAULT_INITIAL_GUESS,
+                 returns: str = DEFAULT_RETURNS):
         nn.Module.__init__(self)
         self._configure(theta, phi, solver, backward, on_nonconvergence, name, initial_guess, returns)
         self.field = field
@@ -281,8 +282,8 @@ class ImplicitBlock(ThetaMethod, nn.Module):
     def __init__(self, field: Union[nn.Module, Sequence[nn.Module]], steps: int, theta: float = DEFAULT_THETA,
                  h: Optional[float] = None, horizon: Optional[float] = None, phi: str = DEFAULT_PHI,
                  solver: Optional[SolverArg] = None, backward: Optional[SolverArg] = None,
-                 on_nonconvergence: str = "warn", name: Optional[str] = None, initial_guess: str = "explicit",
-                 returns: str = "solution"):
+                 on_nonconvergence: str = "warn", name: Optional[str] = None, initial_guess: str = DEFAULT_INITIAL_GUESS,
+                 returns: str = DEFAULT_RETURNS):
         nn.Module.__init__(self)
         self._configure(theta, phi, solver, backward, on_nonconvergence, name, initial_guess, returns)
         steps = int(steps)

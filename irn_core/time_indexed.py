@@ -16,7 +16,7 @@ from typing import List, Optional, Sequence
 import torch
 from torch import nn
 
-from .layers import ThetaMethod
+from .layers import DEFAULT_INITIAL_GUESS, DEFAULT_RETURNS, ThetaMethod
 from .normalization import normalization_scope
 
 __all__ = ["TimeIndexedField", "TimeIndexedBlock"]
@@ -104,7 +104,8 @@ class TimeIndexedBlock(ThetaMethod, nn.Module):
 
     def __init__(self, field: TimeIndexedField, steps: int, h: float, theta: float = 0.5, phi: str = "one_leg",
                  solver=None, backward=None, on_nonconvergence: str = "warn", name: Optional[str] = None,
-                 initial_guess: str = "explicit", returns: str = "solution"):
+                 initial_guess: str = DEFAULT_INITIAL_GUESS,
+                 returns: str = DEFAULT_RETURNS):
         nn.Module.__init__(self)
         self._configure(theta, phi, solver, backward, on_nonconvergence, name, initial_guess, returns)
         if not isinstance(field, TimeIndexedField):

@@ -181,14 +181,21 @@ class Progress:
             self.stop = "max_iter"
         return self.done
 
-    def finish(self, name: str, nfe: int, t0: float, mode: str, shape=None) -> Tuple[torch.Tensor, SolverStats]:
-        """The best iterate per sample (reshaped to ``shape`` when given) and the solve's :class:`SolverStats`."""
-        y = self.best_y if shape is None else self.best_y.reshape(shape)
-        res = torch.from_numpy(self.best).to(device=self.device, dtype=self.dtype)
+    def finish(self, name: str, nfe: int, t0: float, mode: str, shape=None,
+               at: Optional[Tuple[torch.Tensor, np.ndarray]] = None) -> Tuple[torch.Tensor, SolverStats]:
+        """The best iterate per sample (reshaped to ``shape`` when given) and the solve's :class:`SolverStats`; with
+        ``at = (y, per-sample residual)``, that iterate instead (a solver that returns its last one)."""
+        if at is None:
+            y, best, stop = self.best_y, self.best, self.stop or "max_iter"
+        else:
+            y, best = at[0], np.asarray(at[1], dtype=np.float64)
+            stop = "converged" if (best <= self.tol).all() else "max_iter" if self.it >= self.max_iter else "stalled"
+        y = y if shape is None else y.reshape(shape)
+        res = torch.from_numpy(best).to(device=self.device, dtype=self.dtype)
         stats = SolverStats(solver=name, iterations=self.it, residual=res, converged=res <= self.tol, nfe=nfe,
                             wall_time=time.perf_counter() - t0,
                             init_residual=torch.from_numpy(self.init).to(device=self.device, dtype=self.dtype),
-                            history=self.hist, tol=self.tol, mode=mode, stop=self.stop or "max_iter")
+                            history=self.hist, tol=self.tol, mode=mode, stop=stop)
         return y, stats
 
 

@@ -212,24 +212,19 @@ def lbfgs(g: Map, y0: torch.Tensor, *, tol: float = 1e-6, max_iter: int = 200, m
     except _Converged:
         pass
     it = int(opt.state[opt._params[0]].get("n_iter", 0)) if opt.state else 0
+    at = None
     if authors:  # L-BFGS's final iterate; its residual is the last closure's when it sits there (the usual case)
-        with torch.no_grad():
-            last_y, last_r = state["last"]
-            if not torch.equal(last_y, y):
+        last_y, last_r = state["last"]
+        if not torch.equal(last_y, y):
+            with torch.no_grad():
                 gy = g(y)
-                state["nfe"] += 1
                 last_r = to_host(residual_norm(gy - y, gy, mode))
-            out = y.detach()
-            res = torch.from_numpy(np.asarray(last_r, dtype=np.float64)).to(device=y.device, dtype=y.dtype)
-            conv = res <= tol
-            why = ("converged" if bool(conv.all()) else "max_iter" if state["nfe"] - 1 >= evals or it >= max_iter
-                   else "stalled")
-            stats = SolverStats(solver="lbfgs", iterations=it, residual=res, converged=conv, nfe=state["nfe"],
-                                wall_time=time.perf_counter() - t0, init_residual=torch.from_numpy(pr.init).to(
-                                    device=y.device, dtype=y.dtype), history=pr.hist, tol=tol, mode=mode, stop=why)
-        return out, stats
-    out, stats = pr.finish("lbfgs", state["nfe"], t0, mode)
+            state["nfe"] += 1
+        at = (y.detach(), last_r)
+    out, stats = pr.finish("lbfgs", state["nfe"], t0, mode, at=at)
     stats.iterations = it
+    if authors and stats.stop == "stalled" and it >= max_iter:
+        stats.stop = "max_iter"
     return out, stats
 
 

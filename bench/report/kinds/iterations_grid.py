@@ -27,8 +27,10 @@ def _overhead(cfg) -> int:
     """F-evaluations an implicit step makes outside the solver's iteration (0 for an explicit step)."""
     if float(get_path(cfg, "model.layer.theta", 0.0) or 0.0) == 0.0:
         return 0
-    return (1 + (get_path(cfg, "model.layer.initial_guess", "explicit") == "explicit")
-            + (get_path(cfg, "model.layer.returns", "solution") == "update"))
+    from irn_core.layers import DEFAULT_INITIAL_GUESS, DEFAULT_RETURNS
+
+    return (1 + (get_path(cfg, "model.layer.initial_guess", DEFAULT_INITIAL_GUESS) == "explicit")
+            + (get_path(cfg, "model.layer.returns", DEFAULT_RETURNS) == "update"))
 
 
 def _check(e):

@@ -179,32 +179,16 @@ def _rollouts(ctx, row, e):
         x0n = x0[:, :-1].numpy().astype(np.float64)
         t0n = t0.numpy().astype(np.float64)
         exact_steps, exact_dense = _exact_from(task, x0n, t0n, t_steps), _exact_from(task, x0n, t0n, t_dense)
-    elif e["continuous"] is not None:  # the learned field's flow by small θ-steps (the authors' ex3: θ = .5, h = .01)
-        from irn_core.analysis import theta_rollout
-
-        y0 = model.lift(x0.float())
-        hc = float(e["continuous"]["h"])
-        fine = int(round(horizon / hc))
-        stride = max(1, fine // (int(e["n_points"]) - 1))
-        while fine % stride:  # a uniform grid that ends at the horizon
-            stride -= 1
-        k_dense = np.arange(0, fine + 1, stride)
-        k_steps = np.rint(t_steps / hc).astype(np.int64)
-        ks = np.union1d(k_dense, k_steps)
-        _, states = theta_rollout(model.block, y0, ks * hc, theta=float(e["continuous"]["theta"]), h=hc)
-        states = states.numpy().transpose(1, 0, 2)
-        pos = {int(k): i for i, k in enumerate(ks)}
-        cont_steps = states[:, [pos[int(k)] for k in k_steps]]
-        cont_dense, t_dense = states[:, [pos[int(k)] for k in k_dense]], k_dense * hc
-        x0n = x0.numpy().astype(np.float64)
-        exact_steps, exact_dense = _exact(task, x0n, t_steps), _exact(task, x0n, t_dense)
     else:
         y0 = model.lift(x0.float())
-        _, cont_steps = rollout(model.block, y0, t_steps, method=e["method"])
-        cont_steps = cont_steps.numpy().transpose(1, 0, 2)
-        t_dense = np.linspace(0.0, horizon, int(e["n_points"]))
-        _, cont_dense = rollout(model.block, y0, t_dense, method=e["method"])
-        cont_dense = cont_dense.numpy().transpose(1, 0, 2)
+        if e["continuous"] is not None:  # the learned field's flow by small θ-steps (the authors' ex3: θ = .5, h = .01)
+            cont_steps, t_dense, cont_dense = _theta_flow(model.block, y0, t_steps, horizon, e)
+        else:
+            _, cont_steps = rollout(model.block, y0, t_steps, method=e["method"])
+            cont_steps = cont_steps.numpy().transpose(1, 0, 2)
+            t_dense = np.linspace(0.0, horizon, int(e["n_points"]))
+            _, cont_dense = rollout(model.block, y0, t_dense, method=e["method"])
+            cont_dense = cont_dense.numpy().transpose(1, 0, 2)
         x0n = x0.numpy().astype(np.float64)
         exact_steps = _exact(task, x0n, t_steps)
         exact_dense = _exact(task, x0n, t_dense)
@@ -239,6 +223,24 @@ def _rollouts(ctx, row, e):
             (float(task.target_horizon(yte)) / yte.shape[1]) if hasattr(task, "target_horizon") else None,
             "data": yte.numpy()[s], "x0": x0n[s], "t_train": t_train, "horizon": horizon, "d": d, "rmse": rm,
             "sample": s}
+
+
+def _theta_flow(block, y0, t_steps, horizon: float, e):
+    """The ``continuous: {theta, h}`` rollout at the network's step times and on a uniform grid of about ``n_points``
+    multiples of h ending at the horizon: (states at t_steps, grid times, states on the grid), (batch, time, d)."""
+    from irn_core.analysis import theta_rollout
+
+    hc = float(e["continuous"]["h"])
+    fine = int(round(horizon / hc))
+    stride = max(1, fine // (int(e["n_points"]) - 1))
+    while fine % stride:  # a uniform grid that ends at the horizon
+        stride -= 1
+    k_dense = np.arange(0, fine + 1, stride)
+    k_steps = np.rint(t_steps / hc).astype(np.int64)
+    ks = np.union1d(k_dense, k_steps)
+    _, states = theta_rollout(block, y0, ks * hc, theta=float(e["continuous"]["theta"]), h=hc)
+    states = states.numpy().transpose(1, 0, 2)
+    return states[:, np.searchsorted(ks, k_steps)], k_dense * hc, states[:, np.searchsorted(ks, k_dense)]
 
 
 def _orbit_drifts(states: np.ndarray) -> np.ndarray:
