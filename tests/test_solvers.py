@@ -355,3 +355,61 @@ def test_gmres_cgs2_solves_an_ill_conditioned_nonsymmetric_system(restart):
         torch.testing.assert_close(x, exact, rtol=1e-3, atol=0)  # κ = 1e6: forward error ≤ κ·residual
     else:
         assert st.stop == "max_iter" and st.iterations == 30  # GMRES(3) cannot solve it in 30 products
+
+
+def _rosenbrock(z):  # a curved valley: the strong-Wolfe zoom phase and curvature rejections both occur
+    x = z.view(-1, 2)
+    return (100 * (x[:, 1] - x[:, 0] ** 2) ** 2 + (1 - x[:, 0]) ** 2).sum()
+
+
+def _quartic(z):  # ill-conditioned, 12 unknowns: the history wraps around at history_size 3
+    w = torch.linspace(0.1, 10.0, z.numel(), dtype=z.dtype)
+    return (w * z ** 2).sum() + 0.1 * (z ** 4).sum()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("line_search", ["strong_wolfe", None])
+@pytest.mark.parametrize("case", [
+    (_rosenbrock, torch.tensor([-1.2, 1.0, 0.5, -0.3]), {"max_iter": 60, "history_size": 10}),
+    (_quartic, torch.linspace(-2, 3, 12), {"max_iter": 40, "history_size": 3}),
+    (_quartic, torch.linspace(-2, 3, 12), {"max_iter": 200, "history_size": 5, "tolerance_change": 1e-4}),
+    (_rosenbrock, torch.tensor([-1.2, 1.0]), {"max_iter": 50, "max_eval": 9}),
+], ids=["rosenbrock", "quartic-wrap", "quartic-tolchange", "max-eval"])
+def test_lbfgs_driver_is_torch_lbfgs_iterate_for_iterate(case, line_search, dtype):
+    """The lean driver under ``lbfgs`` against ``torch.optim.LBFGS`` itself (the oracle): every closure point and the
+    final point bitwise equal, and the same iteration count, with and without the line search, in both dtypes."""
+    from irn_core.solvers.nonlinear import _lbfgs_run
+
+    f, x0, opts = case
+    x0 = x0.to(dtype)
+    opts = {"lr": 1.0 if line_search else 0.1, "max_iter": 20, "max_eval": None, "tolerance_grad": 1e-7,
+            "tolerance_change": 1e-9, "history_size": 10, **opts}
+    opts["max_eval"] = opts["max_eval"] or opts["max_iter"] * 5 // 4
+    p = x0.clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([p], line_search_fn=line_search, **opts)
+    theirs = []
+
+    def closure():
+        opt.zero_grad()
+        theirs.append(p.detach().clone())
+        loss = f(p)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    ours, state = [], {}
+
+    def fg(x):
+        ours.append(x.clone())
+        z = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            loss = f(z)
+        return float(loss), torch.autograd.grad(loss, z)[0]
+
+    with torch.no_grad():
+        x = _lbfgs_run(fg, x0.clone(), line_search=line_search, state=state, **opts)
+    assert len(theirs) == len(ours) >= 3
+    for a, b in zip(theirs, ours):
+        assert torch.equal(a, b)
+    assert torch.equal(x, p.detach())
+    assert state["n_iter"] == opt.state[p]["n_iter"]

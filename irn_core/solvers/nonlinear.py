@@ -133,6 +133,80 @@ class _Converged(Exception):
     pass
 
 
+def _lbfgs_run(fg: Callable[[torch.Tensor], Tuple[float, torch.Tensor]], x: torch.Tensor, *, lr: float,
+               max_iter: int, max_eval: int, tolerance_grad: float, tolerance_change: float, history_size: int,
+               line_search: str | None, state: dict) -> torch.Tensor:
+    """``torch.optim.LBFGS.step`` for one flat tensor, operation for operation (torch 2.14's lbfgs.py: the same
+    two-loop recursion, the same 0-dim tensors where it keeps them, its own ``_strong_wolfe``), without the
+    optimiser's per-closure costs: no parameter clone / restore around each line-search trial (a trial point is
+    x + t·d, the value torch's in-place ``add_`` then ``copy_`` gives), no flat-gradient gather, no ``zero_grad``, no
+    profiler hooks. ``fg(x) -> (float loss, flat gradient)``; the gradient must be a fresh tensor. Returns the final
+    x; ``state["n_iter"]`` counts the iterations begun (as torch's state does, also when ``fg`` raises). Tested
+    against ``torch.optim.LBFGS`` iterate for iterate."""
+    from torch.optim.lbfgs import _strong_wolfe
+
+    loss, flat_grad = fg(x)
+    evals = 1
+    if flat_grad.abs().max() <= tolerance_grad:
+        return x
+    old_dirs: list = []
+    old_stps: list = []
+    ro: list = []
+    al: list = [None] * history_size
+    d = t = prev_flat_grad = None
+    H_diag = 1
+    n_iter = 0
+    while n_iter < max_iter:
+        n_iter += 1
+        state["n_iter"] = n_iter
+        if n_iter == 1:
+            d = flat_grad.neg()
+        else:
+            y = flat_grad.sub(prev_flat_grad)
+            s = d.mul(t)
+            ys = y.dot(s)
+            if ys > 1e-10:
+                if len(old_dirs) == history_size:
+                    old_dirs.pop(0)
+                    old_stps.pop(0)
+                    ro.pop(0)
+                old_dirs.append(y)
+                old_stps.append(s)
+                ro.append(1.0 / ys)
+                H_diag = ys / y.dot(y)
+            q = flat_grad.neg()
+            for i in range(len(old_dirs) - 1, -1, -1):
+                al[i] = old_stps[i].dot(q) * ro[i]
+                q.add_(old_dirs[i], alpha=-al[i])
+            d = r = torch.mul(q, H_diag)
+            for i in range(len(old_dirs)):
+                be_i = old_dirs[i].dot(r) * ro[i]
+                r.add_(old_stps[i], alpha=al[i] - be_i)
+        prev_flat_grad, prev_loss = flat_grad, loss  # fg returns fresh tensors: no copy needed
+        t = min(1.0, 1.0 / flat_grad.abs().sum()) * lr if n_iter == 1 else lr
+        gtd = flat_grad.dot(d)
+        if gtd > -tolerance_change:
+            break
+        if line_search is not None:
+            loss, flat_grad, t, ls_evals = _strong_wolfe(lambda x0, step, dd: fg(x0.add(dd, alpha=step)), x, t, d,
+                                                         loss, flat_grad, gtd, max_ls=max_eval - evals)
+            x = x.add(d, alpha=t)
+            opt_cond = flat_grad.abs().max() <= tolerance_grad
+        else:
+            x = x.add(d, alpha=t)
+            ls_evals = 0
+            if n_iter != max_iter:
+                loss, flat_grad = fg(x)
+                opt_cond = flat_grad.abs().max() <= tolerance_grad
+                ls_evals = 1
+        evals += ls_evals
+        if n_iter == max_iter or evals >= max_eval or opt_cond:
+            break
+        if d.mul(t).abs().max() <= tolerance_change or abs(loss - prev_loss) < tolerance_change:
+            break
+    return x
+
+
 LBFGS_OBJECTIVES = ("half_sum", "batch_mean")
 LBFGS_STOPS = ("best", "zero_gradient")
 
@@ -143,8 +217,8 @@ def lbfgs(g: Map, y0: torch.Tensor, *, tol: float = 1e-6, max_iter: int = 200, m
           max_eval: int | None = None, stall: int = 0, objective: str = "half_sum", stop: str = "best",
           min_gradients: int = 0, tolerance_grad: float = 0.0,
           tolerance_change: float = 0.0) -> Tuple[torch.Tensor, SolverStats]:
-    """Minimise the squared residual with ``torch.optim.LBFGS`` and a strong-Wolfe line search (the authors' choice,
-    §2.2.1). Each evaluation (closure) is one F-forward plus one VJP w.r.t. y only; the map's parameters are never
+    """Minimise the squared residual by L-BFGS with a strong-Wolfe line search (the authors' choice, §2.2.1):
+    ``torch.optim.LBFGS``'s algorithm, operation for operation (:func:`_lbfgs_run`). Each evaluation (closure) is one F-forward plus one VJP w.r.t. y only; the map's parameters are never
     touched. ``iterations`` counts L-BFGS iterations, ``nfe`` the initial residual plus one per closure (the
     authors' "iterations" are the closures: ``nfe`` − 1); the history has one entry per closure.
 
@@ -177,50 +251,51 @@ def lbfgs(g: Map, y0: torch.Tensor, *, tol: float = 1e-6, max_iter: int = 200, m
     state = {"nfe": 1, "last": None}
     if pr.done:
         return pr.finish("lbfgs", 1, t0, mode)
-    y = y0.detach().clone().requires_grad_(True)
-    opt = torch.optim.LBFGS([y], lr=lr, max_iter=max_iter, max_eval=evals,
-                            tolerance_grad=tolerance_grad, tolerance_change=tolerance_change,
-                            history_size=history_size, line_search_fn=ls)
     scale = 1.0 / y0.shape[0] if objective == "batch_mean" else 0.5
     authors = stop == "zero_gradient"
+    shape = y0.shape
 
-    def closure():
-        opt.zero_grad(set_to_none=True)
+    def fg(x):  # one closure at the flat point x (a fresh tensor): the objective and its gradient w.r.t. y only
+        y = x.view(shape).requires_grad_(True)
         with torch.enable_grad():
             gy = g(y)
             r = gy - y
             loss = scale * r.pow(2).sum()
-            res = residual_norm(r.detach(), gy.detach(), mode)
-            if authors:  # the gradient only while not converged or fewer than min_gradients closures ran
-                host = to_host(res)
-                state["last"] = (y.detach().clone(), host)
-                need = bool((host > tol).any()) or state["nfe"] - 1 < min_gradients
-                grad = torch.autograd.grad(loss, y)[0] if need else None
-            else:
-                (grad,) = torch.autograd.grad(loss, y)
+        res = residual_norm(r.detach(), gy.detach(), mode)
         state["nfe"] += 1
-        with torch.no_grad():  # y is updated in place by the optimiser: record a copy
-            if authors:
-                pr.update(state["last"][0], state["last"][1])
-            elif pr.update(y.detach().clone(), res) and pr.stop != "max_iter":
+        if authors:  # the gradient only while not converged or fewer than min_gradients closures ran
+            host = to_host(res)
+            state["last"] = (y.detach(), host)
+            pr.update(y.detach(), host)
+            if bool((host > tol).any()) or state["nfe"] - 2 < min_gradients:
+                grad = torch.autograd.grad(loss, y)[0].view(-1)
+            else:
+                grad = torch.zeros_like(x)
+        else:
+            (grad,) = torch.autograd.grad(loss, y)
+            if pr.update(y.detach(), res) and pr.stop != "max_iter":
                 raise _Converged
-        y.grad = grad
-        return loss.detach()
+            grad = grad.view(-1)
+        return float(loss), grad
 
-    try:
-        opt.step(closure)
-    except _Converged:
-        pass
-    it = int(opt.state[opt._params[0]].get("n_iter", 0)) if opt.state else 0
-    at = None
-    if authors:  # L-BFGS's final iterate; its residual is the last closure's when it sits there (the usual case)
-        last_y, last_r = state["last"]
-        if not torch.equal(last_y, y):
-            with torch.no_grad():
+    y = y0.detach().reshape(-1).clone()
+    with torch.no_grad():
+        try:
+            y = _lbfgs_run(fg, y, lr=lr, max_iter=max_iter, max_eval=evals, tolerance_grad=tolerance_grad,
+                           tolerance_change=tolerance_change, history_size=history_size, line_search=ls,
+                           state=state)
+        except _Converged:
+            pass
+        y = y.view(shape)
+        at = None
+        if authors:  # L-BFGS's final iterate; its residual is the last closure's when it sits there (the usual case)
+            last_y, last_r = state["last"]
+            if not torch.equal(last_y, y):
                 gy = g(y)
                 last_r = to_host(residual_norm(gy - y, gy, mode))
-            state["nfe"] += 1
-        at = (y.detach(), last_r)
+                state["nfe"] += 1
+            at = (y, last_r)
+    it = state.get("n_iter", 0)
     out, stats = pr.finish("lbfgs", state["nfe"], t0, mode, at=at)
     stats.iterations = it
     if authors and stats.stop == "stalled" and it >= max_iter:
