@@ -219,8 +219,9 @@ def lbfgs(g: Map, y0: torch.Tensor, *, tol: float = 1e-6, max_iter: int = 200, m
           tolerance_change: float = 0.0) -> Tuple[torch.Tensor, SolverStats]:
     """Minimise the squared residual by L-BFGS with a strong-Wolfe line search (the authors' choice, §2.2.1):
     ``torch.optim.LBFGS``'s algorithm, operation for operation (:func:`_lbfgs_run`). Each evaluation (closure) is
-    one F-forward plus one VJP w.r.t. y only; the map's parameters are never touched. ``iterations`` counts L-BFGS iterations, ``nfe`` the initial residual plus one per closure (the
-    authors' "iterations" are the closures: ``nfe`` − 1); the history has one entry per closure.
+    one F-forward plus one VJP w.r.t. y only; the map's parameters are never touched. ``iterations`` counts L-BFGS
+    iterations, ``nfe`` the initial residual plus one per closure (the authors' "iterations" are the closures:
+    ``nfe`` − 1); the history has one entry per closure.
 
     objective: ``half_sum`` ½Σ_i‖r_i‖², or ``batch_mean`` mean_i ‖r_i‖² (the authors': the scale sets L-BFGS's
         first step, min(1, 1/‖∇‖₁), and what ``tolerance_change`` means).
