@@ -142,7 +142,9 @@ def _lbfgs_run(fg: Callable[[torch.Tensor], Tuple[float, torch.Tensor]], x: torc
     x + t·d, the value torch's in-place ``add_`` then ``copy_`` gives), no flat-gradient gather, no ``zero_grad``, no
     profiler hooks. ``fg(x) -> (float loss, flat gradient)``; the gradient must be a fresh tensor. Returns the final
     x; ``state["n_iter"]`` counts the iterations begun (as torch's state does, also when ``fg`` raises). Tested
-    against ``torch.optim.LBFGS`` iterate for iterate."""
+    against ``torch.optim.LBFGS`` iterate for iterate. Host reads: as torch's, the loss of every closure and the
+    scalar tests of every iteration and line-search step (curvature, directional derivative, the stops) — about
+    six per iteration on CUDA, inherent to the algorithm being reproduced."""
     from torch.optim.lbfgs import _strong_wolfe
 
     loss, flat_grad = fg(x)
