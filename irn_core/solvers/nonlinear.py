@@ -14,6 +14,7 @@ from typing import Callable, Tuple
 
 import numpy as np
 import torch
+from torch.optim.lbfgs import _strong_wolfe  # torch's own line search: the driver below reproduces its optimiser
 
 from .base import (Progress, Registry, SolverStats, batch_norm, check_mode, check_stall,
                    prepare_forward_ad, residual_norm, scale_residual, to_host)
@@ -145,8 +146,6 @@ def _lbfgs_run(fg: Callable[[torch.Tensor], Tuple[float, torch.Tensor]], x: torc
     against ``torch.optim.LBFGS`` iterate for iterate. Host reads: as torch's, the loss of every closure and the
     scalar tests of every iteration and line-search step (curvature, directional derivative, the stops) — about
     six per iteration on CUDA, inherent to the algorithm being reproduced."""
-    from torch.optim.lbfgs import _strong_wolfe
-
     loss, flat_grad = fg(x)
     evals = 1
     if flat_grad.abs().max() <= tolerance_grad:
@@ -267,9 +266,9 @@ def lbfgs(g: Map, y0: torch.Tensor, *, tol: float = 1e-6, max_iter: int = 200, m
         res = residual_norm(r.detach(), gy.detach(), mode)
         state["nfe"] += 1
         if authors:  # the gradient only while not converged or fewer than min_gradients closures ran
-            host = to_host(res)
-            state["last"] = (y.detach(), host)
-            pr.update(y.detach(), host)
+            host, yd = to_host(res), y.detach()
+            state["last"] = (yd, host)
+            pr.update(yd, host)
             if bool((host > tol).any()) or state["nfe"] - 2 < min_gradients:
                 grad = torch.autograd.grad(loss, y)[0].view(-1)
             else:
