@@ -2,7 +2,7 @@
 
 Two basic families used by the paper examples:
 - :class:`MLPField` — F(y) = W_out σ(… σ(W_in y + b_in) …) (+ b_out), e.g. ex1's GELU MLP 2→10→10→10→2
-  without a last bias, ex2/ex3's ReLU MLPs.
+  without a last bias, ex2/ex3's ReLU MLPs; with ``activation_last`` σ(W y + b), arXiv v1's one-layer field.
 - :class:`ConvField` — pre-activation convolutional field F(y) = conv(σ(conv(σ(y)))) on feature maps.
 """
 from __future__ import annotations
@@ -12,7 +12,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-__all__ = ["MLPField", "ConvField", "ACTIVATIONS", "make_activation", "xavier_unit_frobenius_"]
+__all__ = ["MLPField", "ConvField", "ACTIVATIONS", "INITS", "make_activation", "xavier_unit_frobenius_",
+           "normal_spectral_radius_"]
 
 ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -46,34 +47,55 @@ def xavier_unit_frobenius_(module: nn.Module) -> nn.Module:
     return module
 
 
+@torch.no_grad()
+def normal_spectral_radius_(weight: torch.Tensor) -> torch.Tensor:
+    """arXiv v1 §3 Example 1: W drawn from the standard normal distribution, then normalised as W / ρ(W), ρ the
+    spectral radius (the largest |eigenvalue|; W square). Draws from torch's global RNG. Returns ``weight``."""
+    if weight.dim() != 2 or weight.shape[0] != weight.shape[1]:
+        raise ValueError(f"normal_spectral_radius needs square weights (the spectral radius), got {tuple(weight.shape)}")
+    weight.normal_()
+    rho = torch.linalg.eigvals(weight.double()).abs().max()
+    return weight.div_(rho.to(weight.dtype))
+
+
+INITS = ("xavier_uniform", "xavier_unit_frobenius", "normal_spectral_radius", "default")
+
+
 class MLPField(nn.Module):
     """Fully connected field on vectors: ``dims = [d, w1, …, wk, d]``, activation between layers.
 
-    ``bias_last=False`` drops the bias of the output layer (ex1); ``init="xavier_uniform"`` (biases zero),
-    ``"xavier_unit_frobenius"`` the authors' redraw (:func:`xavier_unit_frobenius_`), ``"default"`` PyTorch's.
-    An activation precedes every linear layer but the first, so the authors' "width w, depth k" MLP
-    (k + 2 linear layers, the last activation before the bias-free output layer) is
+    ``bias_last=False`` drops the bias of the output layer (ex1); ``activation_last=True`` applies the activation
+    after the output layer too, so ``dims = [d, d]`` is σ(W y + b) (arXiv v1 §3). ``init``: ``"xavier_uniform"``
+    (biases zero), ``"xavier_unit_frobenius"`` the authors' redraw (:func:`xavier_unit_frobenius_`),
+    ``"normal_spectral_radius"`` N(0, 1) weights divided by their spectral radius, biases zero (arXiv v1 Example 1;
+    square layers only), ``"default"`` PyTorch's. An activation precedes every linear layer but the first, so the
+    authors' "width w, depth k" MLP (k + 2 linear layers, the last activation before the bias-free output layer) is
     ``dims = [d] + [w] * (k + 1) + [d]``, ``bias_last=False``.
     """
 
     def __init__(self, dims: Sequence[int], activation: str = "relu", bias_last: bool = True,
-                 init: str = "xavier_uniform"):
+                 init: str = "xavier_uniform", activation_last: bool = False):
         super().__init__()
         dims = [int(d) for d in dims]
         if len(dims) < 2 or any(d < 1 for d in dims):
             raise ValueError(f"MLPField dims must be >= 2 positive sizes, got {dims}")
-        if init not in ("xavier_uniform", "xavier_unit_frobenius", "default"):
-            raise ValueError(f"unknown init {init!r}; valid: xavier_uniform, xavier_unit_frobenius, default")
+        if init not in INITS:
+            raise ValueError(f"unknown init {init!r}; valid: {', '.join(INITS)}")
+        if init == "normal_spectral_radius" and any(a != b for a, b in zip(dims[:-1], dims[1:])):
+            raise ValueError(f"init normal_spectral_radius needs square layers (dims all equal), got {dims}")
         layers = []
         for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
             last = i == len(dims) - 2
             lin = nn.Linear(a, b, bias=(bias_last or not last))
-            if init == "xavier_uniform":
-                nn.init.xavier_uniform_(lin.weight)
+            if init in ("xavier_uniform", "normal_spectral_radius"):
+                if init == "xavier_uniform":
+                    nn.init.xavier_uniform_(lin.weight)
+                else:
+                    normal_spectral_radius_(lin.weight)
                 if lin.bias is not None:
                     nn.init.zeros_(lin.bias)
             layers.append(lin)
-            if not last:
+            if not last or activation_last:
                 layers.append(make_activation(activation))
         self.net = nn.Sequential(*layers)
         self.dims = dims

@@ -48,6 +48,8 @@ DERIVED = {
     **{f"derived/max_error/{k}": "trajectories" for k in ("discrete", "continuous")},
     **{f"derived/invariant_drift/{k}": "trajectories" for k in ("discrete", "continuous")},
     **{f"derived/invariant_drift_median/{k}": "trajectories" for k in ("discrete", "continuous")},
+    "derived/max_amplification/train": "spectrum",
+    "derived/unstable_fraction/train": "spectrum",
 }
 
 

@@ -1,6 +1,7 @@
 """``mlp_ode``: an MLP vector field in one ImplicitBlock (journal §3 examples 1–3, arxiv-v1 examples).
 
-x (batch, n_in) → zero-augment to the state y_0 = [x, 0] ∈ R^d (d = dims[0]) → T θ-steps
+x (batch, n_in) → lift to the state y_0 ∈ R^d (d = dims[0]): zero augmentation [x, 0] (``lift: zeros``) or a learned
+affine map W x + b (``lift: linear``, arXiv v1's 2019 code) → T θ-steps
 y_t = y_{t−1} + hΦ(γ_t, y_{t−1}, y_t) → readout:
 
 - ``output: state``      y_T, shape (batch, d)
@@ -31,13 +32,15 @@ from .common import make_field, split_layer
 __all__ = ["MLPODE", "mlp_ode"]
 
 OUTPUTS = ("state", "last", "trajectory", "linear")
+LIFTS = ("zeros", "linear")
 
 
 class MLPODE(nn.Module):
     def __init__(self, block: ImplicitBlock, augment: int, output: str, head: Optional[nn.Module],
-                 out_features: Optional[int]):
+                 out_features: Optional[int], input_map: Optional[nn.Module] = None):
         super().__init__()
         self.block = block
+        self.input_map = input_map
         self.augment = int(augment)
         self.output = output
         self.head = head
@@ -52,7 +55,9 @@ class MLPODE(nn.Module):
         return self.block.horizon
 
     def lift(self, x: torch.Tensor) -> torch.Tensor:
-        """y_0 = [x, 0]: zero augmentation of the input to the state dimension."""
+        """y_0 = [x, 0]: zero augmentation of the input to the state dimension (or W x + b with ``lift: linear``)."""
+        if self.input_map is not None:
+            return self.input_map(x)
         if self.augment == 0:
             return x
         return torch.cat([x, x.new_zeros(x.shape[0], self.augment)], dim=1)
@@ -109,13 +114,16 @@ def mlp_ode(layer: Optional[Dict[str, Any]] = None, dims: Sequence[int] = (2, 10
             activation: str = "gelu", bias_last: bool = True, init: str = "xavier_uniform", steps: int = 5,
             h: Optional[float] = None, horizon: Optional[float] = None, shared: bool = True, augment: int = 0,
             output: str = "state", out_features: Optional[int] = None,
-            time_fields: Optional[Dict[str, float]] = None) -> MLPODE:
+            time_fields: Optional[Dict[str, float]] = None, activation_last: bool = False, lift: str = "zeros",
+            in_features: Optional[int] = None) -> MLPODE:
     """Build an :class:`MLPODE`.
 
     Options: ``dims`` field sizes [d, w1, …, d]; ``activation`` (relu, gelu, tanh, …); ``bias_last``;
-    ``init`` (xavier_uniform | default); ``steps`` T; ``h`` or ``horizon`` (h = horizon/T; default h=1);
+    ``init`` (xavier_uniform | xavier_unit_frobenius | normal_spectral_radius | default); ``activation_last`` σ after
+    the field's last layer too (``dims: [d, d]`` is σ(W y + b)); ``steps`` T; ``h`` or ``horizon`` (h = horizon/T; default h=1);
     ``shared`` one field for all steps (else one per step); ``augment`` zero coordinates appended to
-    the input (input size = d − augment); ``output`` state | last | trajectory | linear;
+    the input (input size = d − augment); ``lift: linear`` instead maps the ``in_features`` inputs to the state by a
+    learned W x + b (Xavier-uniform, bias zero); ``output`` state | last | trajectory | linear;
     ``out_features`` for last (default 1) and linear (required). Paper settings:
     ex1 dims [2,10,10,10,2] gelu bias_last=False T=5 augment=1 output=last;
     ex2 dims [1,4,4,1] relu T=20 horizon=2 shared=False field eig_range [-25,-15] output=trajectory;
@@ -132,10 +140,23 @@ def mlp_ode(layer: Optional[Dict[str, Any]] = None, dims: Sequence[int] = (2, 10
         raise ValueError(f"unknown output {output!r}; valid: {', '.join(OUTPUTS)}")
     if not 0 <= int(augment) < dims[0]:
         raise ValueError(f"augment must be in [0, {dims[0]}), got {augment}")
+    if lift not in LIFTS:
+        raise ValueError(f"unknown lift {lift!r}; valid: {', '.join(LIFTS)}")
     d = dims[0]
+    input_map = None
+    if lift == "linear":
+        if int(augment) != 0 or in_features is None or isinstance(in_features, bool) or int(in_features) < 1:
+            raise ValueError(f"lift: linear needs in_features >= 1 and augment 0, got in_features={in_features!r}, "
+                             f"augment={augment!r}")
+        input_map = nn.Linear(int(in_features), d)
+        nn.init.xavier_uniform_(input_map.weight)
+        nn.init.zeros_(input_map.bias)
+    elif in_features is not None:
+        raise ValueError("in_features is for lift: linear (with lift: zeros the input size is d - augment)")
 
     def one():
-        return make_field(MLPField(dims, activation=activation, bias_last=bias_last, init=init), field_cfg, (d,))
+        return make_field(MLPField(dims, activation=activation, bias_last=bias_last, init=init,
+                                   activation_last=activation_last), field_cfg, (d,))
 
     if time_fields is not None:
         tf = dict(time_fields)
@@ -157,4 +178,4 @@ def mlp_ode(layer: Optional[Dict[str, Any]] = None, dims: Sequence[int] = (2, 10
         if out_features is None:
             raise ValueError("output 'linear' needs out_features (the number of classes)")
         head = nn.Linear(d, int(out_features))
-    return MLPODE(block, int(augment), output, head, out_features)
+    return MLPODE(block, int(augment), output, head, out_features, input_map)

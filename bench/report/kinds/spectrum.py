@@ -1,7 +1,12 @@
 """spectrum: stability regions |R(z)| ≤ 1 of the θ-method with contours of the stability function
 (journal Figure 3), and the eigenvalues z = hλ of ∂F(γ, y)/∂y along the learned trajectories of the
 train (small red dots, on top) and test (open blue circles) data over the region of the run's θ (Figure 8 bottom, Figure 10
-bottom); the axes zoom to the eigenvalues (``extent`` fixes them)."""
+bottom); the axes zoom to the eigenvalues (``extent`` fixes them).
+
+For the claims it derives, per finished run, the linearised stability of the learned steps along the train
+trajectories: ``derived/max_amplification/train`` = max |R(z)| over those eigenvalues (> 1: some direction grows
+in a step) and ``derived/unstable_fraction/train`` = the fraction with |R(z)| > 1 (arXiv v1 Figure 7: "explicit
+ResNet is unstable, … all implicit networks are stable")."""
 from __future__ import annotations
 
 import math
@@ -10,7 +15,7 @@ import numpy as np
 
 from ..output import theta_color
 from ..registry import register_report
-from ._model import block_trajectory, inputs, state_model_groups
+from ._model import ModelUnavailable, block_trajectory, inputs, is_state_model, load_model, state_model_groups
 
 LEVELS = [0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0]
 
@@ -47,6 +52,7 @@ def _region(ax, theta, re, im, levels, n=301):
                  doc="stability regions of the θ values (Figure 3) and Jacobian eigenvalues z = hλ along the learned "
                      "train (red) / test (blue) trajectories over each cell's region (Figure 8 bottom)", check=_check)
 def render(ctx, e):
+    _derive_stability(ctx)
     thetas = sorted({float(t) for t in ctx.runs["theta"].dropna()})
     if e["regions"] and thetas:
         _regions_figure(ctx, thetas, e)
@@ -65,6 +71,39 @@ def render(ctx, e):
                            None if ev_te is None else np.concatenate([v.numpy().ravel() for v in ev_te])))
         if panels:
             _spectra_figure(ctx, panels, e, title_part, suffix)
+
+
+def step_stability(z: np.ndarray, theta: float):
+    """(max |R(z)|, fraction of z with |R(z)| > 1) over the finite eigenvalues z = hλ; R the θ-method's stability
+    function (eq 13), a pole hit counts as infinite amplification."""
+    from irn_core.analysis import stability_function
+
+    z = z[np.isfinite(z)]
+    if not z.size:
+        return math.nan, math.nan
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.abs(stability_function(z, theta))
+    r = np.where(np.isnan(r), np.inf, r)
+    return float(r.max()), float(np.mean(r > 1.0 + 1e-9))
+
+
+def _derive_stability(ctx):
+    """derived/max_amplification/train and derived/unstable_fraction/train of every finished run (for claims)."""
+    from irn_core.analysis import trajectory_spectra
+
+    for _, row in ctx.finished.iterrows():
+        try:
+            model, task, cfg = load_model(ctx, row)
+        except ModelUnavailable:
+            continue  # the figures note it
+        if not is_state_model(model):
+            continue
+        train = task.data(int(row["seed"]))[0]
+        z = np.concatenate([v.numpy().ravel() for v in
+                            trajectory_spectra(model.block, block_trajectory(model, inputs(train)[0]), scaled=True)])
+        amp, frac = step_stability(z, float(cfg["model"]["layer"]["theta"]))
+        ctx.derive(row["spec_hash"], "derived/max_amplification/train", amp)
+        ctx.derive(row["spec_hash"], "derived/unstable_fraction/train", frac)
 
 
 def _regions_figure(ctx, thetas, e):
