@@ -51,6 +51,9 @@ cases:
   spirals:
     task: {name: v1_spirals, n_per_class: 40, steps: 4}
     train: {epochs: 3}
+  v1fn:
+    task: {name: v1_function, n_train: 16, n_val: 8, n_test: 40, steps: 2}
+    train: {epochs: 2}
 seeds: [0, 1]
 matrix:
   model.layer.theta: THETAS
@@ -64,6 +67,7 @@ reports:
   - {kind: decision_regions, where: {case: spirals}}
   - {kind: accuracy_vs_noise, where: {case: digits}, reference: [paper-table-3, authors-mnist-e831e4c],
      reference_case: digits, stats: ci95, claims: monotone}
+  - {kind: function_fit, where: {case: v1fn}}
 provenance:
   - {setting: optimiser, value: "Adam 1e-3", source: authors-code, where: "ex_1D.py:136-137"}
   - {setting: seeds, value: "0, 1", source: ours}
@@ -74,6 +78,8 @@ claims:
      text: "explicit worse than implicit"}
   - {name: derived, kind: greater, metric: derived/rmse/continuous/in, a: {case: ex3, model.layer.theta: 1.0},
      b: {case: ex3, model.layer.theta: 0.0}, text: "a report-derived measure, decided after the trajectories entry"}
+  - {name: amplification, kind: bound, metric: derived/max_amplification/train, value: 0.0, side: at_least,
+     where: {case: ex1, model.layer.theta: 0.0}, text: "the spectrum entry derives each run's max |R(z)|"}
 """
 
 DEPTH = """
@@ -309,6 +315,61 @@ def test_decision_regions_reload_the_logged_model(store):
         assert f"held-out top-1 {top1:.1f} % (seed 0)" in texts, (top1, texts[:800])
 
 
+def test_function_fit_reloads_the_logged_model(store):
+    """The function_fit table's RMSE is recomputed from each reloaded state_dict on the test points: its mean over
+    the seeds must equal the root of the final/test/mse each run logged."""
+    runs, _ = _runs(store["uri"], "rtest")
+    got = pd.read_csv(store["out"] / "09-function_fit.csv")
+    assert len(got) == 2 and list(got["n"]) == [2, 2]
+    for theta, row in zip((0.0, 1.0), got.itertuples()):
+        logged = [math.sqrt(r.data.metrics["final/test/mse"]) for r in runs
+                  if r.data.tags.get("irn.case") == "v1fn" and _theta(r) == theta]
+        assert len(logged) == 2
+        assert row.rmse == pytest.approx(statistics.mean(logged), rel=1e-5)
+        assert row.max_error >= row.rmse
+    assert "09-function_fit-fit.png" in {p.name for p in store["out"].iterdir()}
+
+
+def test_derived_stability_reaches_the_claims(store, tmp_path):
+    """The spectrum entry's derived max |R(hλ)| per run, recomputed here with a float64 central-difference Jacobian
+    of the reloaded field along the training trajectories (θ = 0: R(z) = 1 + z), reaches the claim's mean."""
+    import numpy as np
+    import torch
+
+    from bench.suite import load_suite
+    from bench.tasks import build_task
+    from irn_core.models import build_model
+
+    claims = pd.read_csv(store["out"] / "claims.csv")
+    row = claims[claims["name"] == "amplification"].iloc[0]
+    assert row["n"] == 2, row.to_dict()
+    shown = float(re.search(r"theta=0\.0: ([0-9.eE+-]+) vs", row["evidence"]).group(1))
+    specs = {sp.hash: sp for sp in load_suite(store["suite"], validate_registries=False).specs}
+    runs, client = _runs(store["uri"], "rtest")
+    amps = []
+    for r in runs:
+        if r.data.tags.get("irn.case") != "ex1" or _theta(r) != 0.0:
+            continue
+        cfg = specs[r.data.tags["irn.spec_hash"]].config
+        model = build_model(cfg["model"])
+        p = client.download_artifacts(r.info.run_id, "model/state_dict.pt", str(tmp_path))
+        model.load_state_dict(torch.load(p, weights_only=True))
+        model = model.double().eval()
+        x = build_task(cfg["task"]).data(int(r.data.params["seed"]))[0].tensors[0].double()
+        with torch.no_grad():
+            _, traj = model.block(model.lift(x), return_trajectory=True)
+        F, h, eps, zs = model.block.field_at(1), model.block.h, 1e-6, []
+        for y in traj:
+            for yb in y:
+                d = yb.numel()
+                J = np.stack([((F(yb + eps * e) - F(yb - eps * e)) / (2 * eps)).detach().numpy()
+                              for e in torch.eye(d, dtype=torch.float64)], axis=1)
+                zs.append(h * np.linalg.eigvals(J))
+        amps.append(float(np.abs(1 + np.concatenate(zs)).max()))
+    assert len(amps) == 2
+    assert shown == pytest.approx(statistics.mean(amps), rel=2e-3)  # the evidence prints 4 significant digits
+
+
 def test_rerender_is_byte_identical(store):
     out2 = store["tmp"] / "out2"
     res = _cli("report", store["suite"], "--tracking-uri", store["uri"], "--out", out2)
@@ -445,7 +506,7 @@ def test_one_seed_report_has_no_plus_minus_and_says_1_seed(store, tmp_path):
     results = index.split("## Results")[1].split("## Contents")[0]
     assert "±" not in results and "| 1 seed |" in results
     claims = pd.read_csv(out / "claims.csv")
-    assert list(claims["verdict"]) == ["inconclusive"] * 3 and set(claims["n"]) <= {0, 1}
+    assert list(claims["verdict"]) == ["inconclusive"] * 4 and set(claims["n"]) <= {0, 1}
     claim = pd.read_csv(out / "08-accuracy_vs_noise-claim-monotone.csv")
     assert set(claim["verdict"]) == {"inconclusive"} and set(claim["n_seeds"]) == {1}
 

@@ -1,0 +1,102 @@
+"""function_fit: what a regressor of one input learned — the target on the test points, the training points and
+each cell's prediction, coloured by θ (arXiv v1 Figures 7–8, "outputs of the trained models"), one panel per
+split group (e.g. per depth); with a table of the RMSE and the largest error on the test points per cell (every
+finished seed: mean ± std for n ≥ 2; the RMSE is the logged final/test/mse's root, recomputed from the model). The models are reloaded from the runs' ``model/state_dict.pt``."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..output import default_hue, split_groups, theta_color
+from ..registry import register_report
+from ._common import make_cells, split_by_default
+from ._model import ModelUnavailable, inputs, load_model, pick_run
+
+
+@register_report("function_fit", {"hue": None, "split_by": None, "seed": None},
+                 doc="regression on one input: the target on the test points, the training points and each cell's "
+                     "prediction (first finished seed, or seed:), one panel per split group; max |error| table")
+def render(ctx, e):
+    split_by = split_by_default(ctx, e["split_by"])
+    hue = default_hue(ctx.data, ctx.runs, e["hue"])
+    groups, rows = [], []
+    for suffix, title_part, runs in split_groups(ctx.runs, split_by):
+        curves, ref = [], None
+        for c in make_cells(ctx, runs, hue, exclude=(split_by,) if split_by else ()):
+            errs, rmses, shown = [], [], pick_run(c, e["seed"])
+            for _, row in c.finished.sort_values("seed").iterrows():
+                try:
+                    model, task, cfg = load_model(ctx, row)
+                except ModelUnavailable as ex:
+                    ctx.note(str(ex))
+                    continue
+                if getattr(task, "kind", "") != "regression":
+                    ctx.note(f"{c.label}: function_fit needs a regression task, got {task.name!r}.")
+                    break
+                train, _, test = task.data(int(row["seed"]))
+                xt, yt = inputs(test)
+                if xt.dim() != 2 or xt.shape[1] != 1 or yt.reshape(len(yt), -1).shape[1] != 1:
+                    ctx.note(f"{c.label}: function_fit draws one input and one output only.")
+                    break
+                with torch.no_grad():
+                    pred = model(xt.float()).reshape(-1).double().numpy()
+                err = pred - yt.reshape(-1).double().numpy()
+                errs.append(float(np.abs(err).max()))
+                rmses.append(float(np.sqrt(np.mean(err ** 2))))
+                if shown is not None and row["run_id"] == shown["run_id"]:
+                    curves.append((c, int(row["seed"]), pred))
+                    if ref is None:
+                        ref = (xt.reshape(-1).numpy(), yt.reshape(-1).numpy(), *[v.reshape(-1).numpy() for v in inputs(train)],
+                               int(row["seed"]))
+            rows.append({"group": title_part or "", "cell": c.label, "n": len(errs), **_stats("rmse", rmses),
+                         **_stats("max_error", errs)})
+        if curves:
+            groups.append((title_part, curves, ref))
+    if groups:
+        _figure(ctx, groups)
+    if rows:
+        num = pd.DataFrame(rows)
+        disp = pd.DataFrame({"group": num["group"], "cell": num["cell"], "n seeds": num["n"],
+                             "RMSE on the test points": [_text(r, "rmse") for r in num.to_dict("records")],
+                             "max |prediction − f|": [_text(r, "max_error") for r in num.to_dict("records")]})
+        if not (disp["group"] != "").any():
+            disp = disp.drop(columns="group")
+        ctx.table(disp, num, caption="Root mean squared and largest absolute error of the prediction on the test points, "
+                                     "mean ± std over the finished seeds (the value alone for one seed)")
+
+
+def _stats(name, vals):
+    return {name: float(np.mean(vals)) if vals else math.nan,
+            f"{name}_std": float(np.std(vals, ddof=1)) if len(vals) > 1 else math.nan}
+
+
+def _text(r, name):
+    if r["n"] == 0:
+        return "–"
+    return f"{r[name]:.3g}" if r["n"] < 2 else f"{r[name]:.3g} ± {r[name + '_std']:.2g}"
+
+
+def _figure(ctx, groups):
+    import matplotlib.pyplot as plt
+
+    n = len(groups)
+    fig, axes = plt.subplots(1, n, figsize=(5.0 * n, 3.8), squeeze=False)
+    for ax, (title_part, curves, ref) in zip(axes[0], groups):
+        xt, yt, xtr, ytr, seed = ref
+        order = np.argsort(xt)
+        ax.plot(xt[order], yt[order], color="black", lw=2.2, alpha=0.35, label="target f(x)")
+        ax.plot(xtr, ytr, "o", mfc="none", mec="black", ms=3.5, mew=0.6, label=f"training points (seed {seed})")
+        for c, s, pred in curves:
+            color = c.color if c.color is not None else theta_color(c.hue) if isinstance(c.hue, float) else None
+            ax.plot(xt[order], pred[order], lw=1.1, color=color, label=f"{c.label} (seed {s})")
+        ax.set_xlabel("x")
+        ax.set_ylabel("y")
+        ax.set_title(title_part or "")
+        ax.legend(fontsize=7, frameon=False)
+    fig.suptitle("Target and learned functions on the test points")
+    fig.tight_layout()
+    ctx.figure(fig, "fit", "Target f(x) (thick grey), training points (circles) and each cell's prediction on the test "
+                           "points (arXiv v1 Figures 7-8, outputs)")
