@@ -127,7 +127,8 @@ def mlp_ode(layer: Optional[Dict[str, Any]] = None, dims: Sequence[int] = (2, 10
     ``out_features`` for last (default 1) and linear (required). Paper settings:
     ex1 dims [2,10,10,10,2] gelu bias_last=False T=5 augment=1 output=last;
     ex2 dims [1,4,4,1] relu T=20 horizon=2 shared=False field eig_range [-25,-15] output=trajectory;
-    ex3 dims [2,20,20,20,20,2] relu T=50 h=0.2 output=trajectory. ``time_fields: {count, span}``: K fields over
+    ex3 dims [2,20,20,20,20,2] relu T=50 h=0.2 output=trajectory; arXiv v1 ex1 dims [5,5] relu activation_last
+    init=normal_spectral_radius lift=linear in_features=1 horizon=1 output=linear. ``time_fields: {count, span}``: K fields over
     absolute time (see the module docstring).
     """
     kw, field_cfg = split_layer(layer)

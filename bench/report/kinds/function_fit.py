@@ -95,7 +95,12 @@ def _figure(ctx, groups):
         ax.set_xlabel("x")
         ax.set_ylabel("y")
         ax.set_title(title_part or "")
-        ax.legend(fontsize=7, frameon=False)
+    handles, labels = {}, {}
+    for ax in axes[0]:  # one legend below the panels (a cell may be missing from some), curves left uncovered
+        for hd, lb in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lb, hd)
+    fig.legend(list(handles.values()), list(handles), loc="upper center", bbox_to_anchor=(0.5, 0.0),
+               ncol=min(len(handles), 4), frameon=False, fontsize=8)
     fig.suptitle("Target and learned functions on the test points")
     fig.tight_layout()
     ctx.figure(fig, "fit", "Target f(x) (thick grey), training points (circles) and each cell's prediction on the test "
