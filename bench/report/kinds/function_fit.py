@@ -95,7 +95,7 @@ def _figure(ctx, groups):
         ax.set_xlabel("x")
         ax.set_ylabel("y")
         ax.set_title(title_part or "")
-    handles, labels = {}, {}
+    handles = {}
     for ax in axes[0]:  # one legend below the panels (a cell may be missing from some), curves left uncovered
         for hd, lb in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lb, hd)
