@@ -87,13 +87,12 @@ class MLPField(nn.Module):
         for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
             last = i == len(dims) - 2
             lin = nn.Linear(a, b, bias=(bias_last or not last))
-            if init in ("xavier_uniform", "normal_spectral_radius"):
-                if init == "xavier_uniform":
-                    nn.init.xavier_uniform_(lin.weight)
-                else:
-                    normal_spectral_radius_(lin.weight)
-                if lin.bias is not None:
-                    nn.init.zeros_(lin.bias)
+            if init == "xavier_uniform":
+                nn.init.xavier_uniform_(lin.weight)
+            elif init == "normal_spectral_radius":
+                normal_spectral_radius_(lin.weight)
+            if init in ("xavier_uniform", "normal_spectral_radius") and lin.bias is not None:
+                nn.init.zeros_(lin.bias)
             layers.append(lin)
             if not last or activation_last:
                 layers.append(make_activation(activation))

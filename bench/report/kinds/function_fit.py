@@ -4,15 +4,14 @@ split group (e.g. per depth); with a table of the RMSE and the largest error on 
 finished seed: mean ± std for n ≥ 2; the RMSE is the logged final/test/mse's root, recomputed from the model). The models are reloaded from the runs' ``model/state_dict.pt``."""
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pandas as pd
 import torch
 
-from ..output import default_hue, split_groups, theta_color
+from ..output import default_hue, mean_std, split_groups, theta_color
 from ..registry import register_report
-from ._common import make_cells, split_by_default
+from ._common import make_cells, mean_sd, split_by_default
 from ._model import ModelUnavailable, inputs, load_model, pick_run
 
 
@@ -51,32 +50,23 @@ def render(ctx, e):
                     if ref is None:
                         ref = (xt.reshape(-1).numpy(), yt.reshape(-1).numpy(), *[v.reshape(-1).numpy() for v in inputs(train)],
                                int(row["seed"]))
-            rows.append({"group": title_part or "", "cell": c.label, "n": len(errs), **_stats("rmse", rmses),
-                         **_stats("max_error", errs)})
+            (m_r, sd_r, n), (m_e, sd_e, _) = mean_sd(rmses), mean_sd(errs)
+            rows.append({"group": title_part or "", "cell": c.label, "n": n, "rmse": m_r, "rmse_std": sd_r,
+                         "max_error": m_e, "max_error_std": sd_e,
+                         "RMSE on the test points": mean_std(rmses), "max |prediction − f|": mean_std(errs)})
         if curves:
             groups.append((title_part, curves, ref))
     if groups:
         _figure(ctx, groups)
     if rows:
-        num = pd.DataFrame(rows)
-        disp = pd.DataFrame({"group": num["group"], "cell": num["cell"], "n seeds": num["n"],
-                             "RMSE on the test points": [_text(r, "rmse") for r in num.to_dict("records")],
-                             "max |prediction − f|": [_text(r, "max_error") for r in num.to_dict("records")]})
+        table = pd.DataFrame(rows)
+        shown = ["group", "cell", "n", "RMSE on the test points", "max |prediction − f|"]
+        disp = table[shown].rename(columns={"n": "n seeds"})
         if not (disp["group"] != "").any():
             disp = disp.drop(columns="group")
-        ctx.table(disp, num, caption="Root mean squared and largest absolute error of the prediction on the test points, "
-                                     "mean ± std over the finished seeds (the value alone for one seed)")
-
-
-def _stats(name, vals):
-    return {name: float(np.mean(vals)) if vals else math.nan,
-            f"{name}_std": float(np.std(vals, ddof=1)) if len(vals) > 1 else math.nan}
-
-
-def _text(r, name):
-    if r["n"] == 0:
-        return "–"
-    return f"{r[name]:.3g}" if r["n"] < 2 else f"{r[name]:.3g} ± {r[name + '_std']:.2g}"
+        ctx.table(disp, table.drop(columns=shown[3:]),
+                  caption="Root mean squared and largest absolute error of the prediction on the test points, mean ± std "
+                          "over the finished seeds (the value alone for one seed)")
 
 
 def _figure(ctx, groups):

@@ -52,25 +52,29 @@ def _region(ax, theta, re, im, levels, n=301):
                  doc="stability regions of the θ values (Figure 3) and Jacobian eigenvalues z = hλ along the learned "
                      "train (red) / test (blue) trajectories over each cell's region (Figure 8 bottom)", check=_check)
 def render(ctx, e):
-    _derive_stability(ctx)
+    z_train = _derive_stability(ctx)
     thetas = sorted({float(t) for t in ctx.runs["theta"].dropna()})
     if e["regions"] and thetas:
         _regions_figure(ctx, thetas, e)
     for suffix, title_part, hue, items in state_model_groups(ctx, e, "spectrum"):
         panels = []
         for c, row, model, task, cfg in items:
-            from irn_core.analysis import trajectory_spectra
-
-            train, _, test = task.data(int(row["seed"]))
-            ev_tr = trajectory_spectra(model.block, block_trajectory(model, inputs(train)[0]), scaled=True)
-            ev_te = None
+            _, _, test = task.data(int(row["seed"]))
+            zte = None
             if e["test"] and test is not None:
-                ev_te = trajectory_spectra(model.block, block_trajectory(model, inputs(test)[0]), scaled=True)
+                zte = _spectrum(model, test)
             theta = float(cfg["model"]["layer"]["theta"])
-            panels.append((c, row, theta, np.concatenate([v.numpy().ravel() for v in ev_tr]),
-                           None if ev_te is None else np.concatenate([v.numpy().ravel() for v in ev_te])))
+            panels.append((c, row, theta, z_train[row["run_id"]], zte))
         if panels:
             _spectra_figure(ctx, panels, e, title_part, suffix)
+
+
+def _spectrum(model, ds) -> np.ndarray:
+    """Eigenvalues z = hλ of ∂F/∂y along the trajectories of the data set ``ds``, t = 0..T, flattened."""
+    from irn_core.analysis import trajectory_spectra
+
+    return np.concatenate([v.numpy().ravel() for v in
+                           trajectory_spectra(model.block, block_trajectory(model, inputs(ds)[0]), scaled=True)])
 
 
 def step_stability(z: np.ndarray, theta: float):
@@ -87,10 +91,10 @@ def step_stability(z: np.ndarray, theta: float):
     return float(r.max()), float(np.mean(r > 1.0 + 1e-9))
 
 
-def _derive_stability(ctx):
-    """derived/max_amplification/train and derived/unstable_fraction/train of every finished run (for claims)."""
-    from irn_core.analysis import trajectory_spectra
-
+def _derive_stability(ctx) -> dict:
+    """derived/max_amplification/train and derived/unstable_fraction/train of every finished run (for claims);
+    returns each state-space run's train eigenvalues by run id (the figures draw them)."""
+    z_train = {}
     for _, row in ctx.finished.iterrows():
         try:
             model, task, cfg = load_model(ctx, row)
@@ -98,12 +102,11 @@ def _derive_stability(ctx):
             continue  # the figures note it
         if not is_state_model(model):
             continue
-        train = task.data(int(row["seed"]))[0]
-        z = np.concatenate([v.numpy().ravel() for v in
-                            trajectory_spectra(model.block, block_trajectory(model, inputs(train)[0]), scaled=True)])
+        z = z_train[row["run_id"]] = _spectrum(model, task.data(int(row["seed"]))[0])
         amp, frac = step_stability(z, float(cfg["model"]["layer"]["theta"]))
         ctx.derive(row["spec_hash"], "derived/max_amplification/train", amp)
         ctx.derive(row["spec_hash"], "derived/unstable_fraction/train", frac)
+    return z_train
 
 
 def _regions_figure(ctx, thetas, e):
