@@ -59,9 +59,9 @@ def best_time(fn, repeats, device, warmup=2):
     return out, min(ts)
 
 
-def opnorm(f, shape, iters=40):
+def opnorm(f, shape, device, iters=40):
     """Largest singular value of the Jacobian of a linear-at-0 map at 0 (power iteration on JᵀJ by autograd)."""
-    u = torch.randn(1, *shape)
+    u = torch.randn(1, *shape, device=device)
     for _ in range(iters):
         u.requires_grad_(True)
         v = f(u)
@@ -81,7 +81,7 @@ def problems(device):
     for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
         layers += [nn.Linear(a, b, bias=i < len(dims) - 2), nn.GELU()]
     f1 = nn.Sequential(*layers[:-1]).to(device)
-    s1 = opnorm(f1, (2,))
+    s1 = opnorm(f1, (2,), device)
     with torch.no_grad():
         f1[0].weight.mul_(0.9 / s1)
     x1 = torch.stack([torch.linspace(-5, 5, 20), torch.zeros(20)], 1).to(device)
@@ -98,7 +98,7 @@ def problems(device):
 
     f3 = ConvField(16, activation="tanh").to(device)
     for conv in (f3.conv1, f3.conv2):
-        s3 = opnorm(lambda u, c=conv: nn.functional.conv2d(u, c.weight.detach(), padding=c.padding), (16, 32, 32))
+        s3 = opnorm(lambda u, c=conv: nn.functional.conv2d(u, c.weight.detach(), padding=c.padding), (16, 32, 32), device)
         with torch.no_grad():
             conv.weight.mul_(0.9 ** 0.5 / s3)
     x3 = torch.randn(64, 16, 32, 32, device=device)

@@ -448,3 +448,40 @@ def test_trials_orphaned_inside_the_claim_are_failed_and_their_runs_closed(tmp_p
     assert len(_counted(study)) == 3
     assert tr.client.get_run(orphan).info.status == "FAILED"
     assert not [t for t in study.trials if t.state.name == "RUNNING"]
+
+
+def test_a_trial_is_told_only_after_its_run_is_closed_and_a_kill_between_is_repaired(tmp_path, env, monkeypatch):
+    """The window between closing a trial's MLflow run and telling Optuna: told first, a SIGKILL there left a COMPLETE
+    trial whose run stayed RUNNING for ever (a CI failure of the kill test above). Now the run closes first, and a
+    kill between the two leaves a RUNNING trial with a closed run, which the next search fails as stale."""
+    seen = []
+    tell = optuna.study.Study.tell
+
+    def spy(self, trial, *args, **kwargs):
+        rid = trial.user_attrs.get("irn.mlflow_run_id") if hasattr(trial, "user_attrs") else None
+        if rid:
+            seen.append(Tracker(env["uri"]).client.get_run(rid).info.status)
+        return tell(self, trial, *args, **kwargs)
+
+    monkeypatch.setattr(optuna.study.Study, "tell", spy)
+    suite = _suite(tmp_path, train__epochs=2, search__n_trials=2)
+    assert _bench("search", suite)[0] == 0
+    assert seen == ["FINISHED", "FINISHED"]
+
+    study = _study(env)  # killed right after its run was closed, before tell(): RUNNING, its worker gone
+    cut = study.ask()
+    cut.set_user_attr("irn.worker_lock", str(tmp_path / "gone.lock"))
+    cut.set_user_attr("irn.host", __import__("socket").gethostname())
+    tr, exp, runs = _trial_runs(env)
+    tags = {k: v for k, v in runs[0].data.tags.items() if not k.startswith("mlflow.")}
+    rid = tr.start_run(exp, f"trial {cut.number}", {**tags, "irn.trial_number": str(cut.number)})
+    tr.finish(rid, "FINISHED")
+    cut.set_user_attr("irn.mlflow_run_id", rid)
+    code, out = _bench("search", _suite(tmp_path, train__epochs=2, search__n_trials=3))
+    assert code == 0, out
+    study = _study(env)
+    st = study.trials[cut.number]
+    assert st.state.name == "FAIL" and st.user_attrs[OUTCOME] == "stale"
+    assert tr.client.get_run(rid).info.status == "FAILED"  # not counted, and its run says so
+    assert len(_counted(study)) == 3 and not [t for t in study.trials if t.state.name == "RUNNING"]
+    assert all(r.info.status != "RUNNING" for r in _trial_runs(env)[2])

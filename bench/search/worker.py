@@ -298,9 +298,9 @@ class _Worker:
         trial.set_user_attr(OUTCOME, outcome)
         if reason_txt:
             trial.set_user_attr("irn.reason", reason_txt[:1000])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            study.tell(trial, vals if state == TrialState.COMPLETE else None, state=state)
+        # the MLflow run is closed before Optuna is told: a worker killed in between leaves a RUNNING trial, which the
+        # next worker fails as stale (closing its run again as FAILED); told first, it would leave a finished trial
+        # whose run stays RUNNING for ever
         tags = {T.TAG_TRIAL_STATE: state.name, T.TAG_BEST: "false"}
         if reason_txt:
             tags[T.TAG_REASON if state == TrialState.FAIL else T.TAG_PRUNE_REASON] = reason_txt[:4000]
@@ -309,6 +309,9 @@ class _Worker:
             self.tracker.log_metrics(run_id, {mlflow_name(f"objective/{o.metric}"): v for o, v in zip(spec.objectives, vals)},
                                      step=0)
         self.tracker.finish(run_id, {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED"}.get(state, "FAILED"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            study.tell(trial, vals if state == TrialState.COMPLETE else None, state=state)
         self.ran += 1
         if state == TrialState.COMPLETE:
             with exclusive(self.claim_path):
