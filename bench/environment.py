@@ -45,6 +45,7 @@ def device_info(device: str) -> Dict[str, Any]:
         idx = torch.device(device).index or 0
         info["gpu"] = torch.cuda.get_device_name(idx)
         info["cuda"] = torch.version.cuda
+        info["tf32"] = {"cudnn": torch.backends.cudnn.allow_tf32, "matmul": torch.backends.cuda.matmul.allow_tf32}
     return info
 
 

@@ -215,6 +215,8 @@ def train_and_log(config: Dict[str, Any], tracker: "T.Tracker", run_id: str, dev
 
     if threads:
         torch.set_num_threads(threads)
+    seed = int(config["seed"])
+    set_seed(seed)  # first: it sets the float32 precision the environment records
     env = environment(device)
     device = torch.device(device)
     tracker.log_params(run_id, flatten(config))
@@ -223,7 +225,6 @@ def train_and_log(config: Dict[str, Any], tracker: "T.Tracker", run_id: str, dev
     tracker.set_tags(run_id, {"irn.git_commit": env["git"]["commit"], "irn.torch": env["packages"]["torch"],
                               "irn.host_device": env.get("gpu") or env.get("cpu", "")})
 
-    seed = int(config["seed"])
     set_seed(seed)
     task = build_task(config["task"])
     train_set, val_set, test_set = task.data(seed)

@@ -319,7 +319,10 @@ def main():
     ap.add_argument("--sections", default="1,2,3")
     a = ap.parse_args()
     device = torch.device(a.device)
-    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}")
+    from bench.train import ieee_float32
+
+    ieee_float32()  # as every run: TF32 (cuDNN's default) floors a conv solve's residual above the tolerance
+    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, TF32 off")
     secs = {s.strip() for s in a.sections.split(",")}
     if "1" in secs:
         section_overhead(device, a.repeats)

@@ -150,6 +150,16 @@ def test_trajectory_tasks_roll_out_to_the_target_horizon():
     assert task.forward(model, x, y).shape == (5, 101, 2)  # 100 steps of h = 0.2 from a 50-step block
 
 
+def test_set_seed_turns_tf32_off():
+    """cuDNN convolutions default to TF32 (a 10-bit mantissa) on Ampere and later GPUs, which floors a fixed-point
+    residual far above the default tolerance (the conv solve ran 300 iterations on an H200): every run keeps IEEE
+    float32. The flags are process-wide and readable without a GPU."""
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+    set_seed(0)
+    assert torch.backends.cudnn.allow_tf32 is False and torch.backends.cuda.matmul.allow_tf32 is False
+
+
 def test_fit_is_deterministic_and_plateau_scheduler_runs():
     task = build_task({"name": "ex1_sine"})
     cfg = {**task.default_model(), "layer": {"theta": 0.0}}
