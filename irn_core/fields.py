@@ -2,7 +2,8 @@
 
 Two basic families used by the paper examples:
 - :class:`MLPField` — F(y) = W_out σ(… σ(W_in y + b_in) …) (+ b_out), e.g. ex1's GELU MLP 2→10→10→10→2
-  without a last bias, ex2/ex3's ReLU MLPs; with ``activation_last`` σ(W y + b), arXiv v1's one-layer field.
+  without a last bias, ex2/ex3's ReLU MLPs; with ``activation_last`` σ(W y + b), arXiv v1's one-layer field; with
+  ``antisymmetric`` too σ((W − Wᵀ) y + b), the antisymmetric field of Haber & Ruthotto used by arXiv v1's code.
 - :class:`ConvField` — pre-activation convolutional field F(y) = conv(σ(conv(σ(y)))) on feature maps.
 """
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-__all__ = ["MLPField", "ConvField", "ACTIVATIONS", "INITS", "make_activation", "xavier_unit_frobenius_",
+__all__ = ["MLPField", "ConvField", "AntisymmetricLinear", "ACTIVATIONS", "INITS", "make_activation", "xavier_unit_frobenius_",
            "normal_spectral_radius_"]
 
 ACTIVATIONS = {
@@ -61,6 +62,17 @@ def normal_spectral_radius_(weight: torch.Tensor) -> torch.Tensor:
 INITS = ("xavier_uniform", "xavier_unit_frobenius", "normal_spectral_radius", "default")
 
 
+class AntisymmetricLinear(nn.Linear):
+    """y ↦ (W − Wᵀ) y + b (square W): a linear map with purely imaginary spectrum (Haber & Ruthotto 2017; the
+    ``Antisym`` layer of arXiv v1's code, CustomLayers.py at the authors' first commit). ``weight`` holds W."""
+
+    def __init__(self, features: int, bias: bool = True):
+        super().__init__(features, features, bias=bias)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(y, self.weight - self.weight.t(), self.bias)
+
+
 class MLPField(nn.Module):
     """Fully connected field on vectors: ``dims = [d, w1, …, wk, d]``, activation between layers.
 
@@ -68,13 +80,14 @@ class MLPField(nn.Module):
     after the output layer too, so ``dims = [d, d]`` is σ(W y + b) (arXiv v1 §3). ``init``: ``"xavier_uniform"``
     (biases zero), ``"xavier_unit_frobenius"`` the authors' redraw (:func:`xavier_unit_frobenius_`),
     ``"normal_spectral_radius"`` N(0, 1) weights divided by their spectral radius, biases zero (arXiv v1 Example 1;
-    square layers only), ``"default"`` PyTorch's. An activation precedes every linear layer but the first, so the
+    square layers only), ``"default"`` PyTorch's. ``antisymmetric=True`` makes every layer
+    :class:`AntisymmetricLinear` (square layers only). An activation precedes every linear layer but the first, so the
     authors' "width w, depth k" MLP (k + 2 linear layers, the last activation before the bias-free output layer) is
     ``dims = [d] + [w] * (k + 1) + [d]``, ``bias_last=False``.
     """
 
     def __init__(self, dims: Sequence[int], activation: str = "relu", bias_last: bool = True,
-                 init: str = "xavier_uniform", activation_last: bool = False):
+                 init: str = "xavier_uniform", activation_last: bool = False, antisymmetric: bool = False):
         super().__init__()
         dims = [int(d) for d in dims]
         if len(dims) < 2 or any(d < 1 for d in dims):
@@ -83,10 +96,13 @@ class MLPField(nn.Module):
             raise ValueError(f"unknown init {init!r}; valid: {', '.join(INITS)}")
         if init == "normal_spectral_radius" and any(a != b for a, b in zip(dims[:-1], dims[1:])):
             raise ValueError(f"init normal_spectral_radius needs square layers (dims all equal), got {dims}")
+        if antisymmetric and any(a != b for a, b in zip(dims[:-1], dims[1:])):
+            raise ValueError(f"antisymmetric needs square layers (dims all equal), got {dims}")
         layers = []
         for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
             last = i == len(dims) - 2
-            lin = nn.Linear(a, b, bias=(bias_last or not last))
+            bias = bias_last or not last
+            lin = AntisymmetricLinear(a, bias=bias) if antisymmetric else nn.Linear(a, b, bias=bias)
             if init == "xavier_uniform":
                 nn.init.xavier_uniform_(lin.weight)
             elif init == "normal_spectral_radius":

@@ -27,7 +27,8 @@ def test_quickstart_cases_and_paper_grids():
     assert ex1.specs[0].config["train"]["epochs"] == 3000  # the paper default comes from the task
     assert ex1.specs[0].config["model"]["dims"] == [2, 10, 10, 10, 10, 2]  # width 10, depth 3: 5 linear layers
     v1 = load_suite(ROOT / "suites" / "paper" / "v1_spirals.yaml")
-    assert len(v1.specs) == 24  # theta {0, 1} x sigma_pert {0, .01, .05, .1} x 3 seeds
+    assert len(v1.specs) == 12  # theta 0 x sigma_pert {0, .01, .05, .1} x 3 seeds
+    assert v1.specs[0].config["model"]["steps"] == 100 and v1.specs[0].config["model"]["horizon"] == 12.5
     assert {sp.config["regularizers"]["perturbation_streams"]["weight"] for sp in v1.specs} == {0.001}
 
 

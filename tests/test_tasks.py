@@ -21,7 +21,7 @@ SHAPES = {
     "ex2_stiff": ({"name": "ex2_stiff", "points": 4}, (1,), (4, 1), 100),
     "ex3_lotka": ({"name": "ex3_lotka", "extrapolate": 20.0}, (2,), (50, 2), 5),
     "v1_function": ({"name": "v1_function"}, (1,), (1,), 100),
-    "v1_spirals": ({"name": "v1_spirals"}, (2,), (), 200),
+    "v1_spirals": ({"name": "v1_spirals"}, (2,), (), 513),
     "digits": ({"name": "digits"}, (1, 28, 28), (), 1347),
 }
 
@@ -121,7 +121,8 @@ TRAIN_CASES = {
                   {"epochs": 3, "batch_size": 4, "optimizer": {"name": "adam", "lr": 1e-2}}),
     "ex3_lotka": ({"name": "ex3_lotka", "extrapolate": 10.0}, {}, {"epochs": 8, "optimizer": {"name": "adam", "lr": 3e-3}}),
     "v1_function": ({"name": "v1_function", "steps": 2}, {}, {"epochs": 15}),
-    "v1_spirals": ({"name": "v1_spirals", "steps": 5, "n_per_class": 40}, {}, {"epochs": 15, "batch_size": 40}),
+    "v1_spirals": ({"name": "v1_spirals", "steps": 5, "n_per_class": 40}, {},
+                   {"epochs": 15, "batch_size": 10, "optimizer": {"name": "adam", "lr": 1e-2}}),
     "digits": ({"name": "digits", "arch": "mnist_compact", "subset": 256}, {"h": 0.5},
                {"epochs": 6, "batch_size": 64}),
 }

@@ -152,6 +152,10 @@ class ClassificationTask(Task):
     def metric_names(self) -> List[str]:
         return ["loss"] + [f"top{k}" for k in self.topk]
 
+    def probabilities(self, output: torch.Tensor) -> torch.Tensor:
+        """(batch, classes) class probabilities of the model's output (softmax of the logits)."""
+        return torch.softmax(output, dim=1)
+
 
 class ImageTask(ClassificationTask):
     """Classification of images in [0, 1]; normalisation belongs to the model (see module doc)."""

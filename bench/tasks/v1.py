@@ -9,6 +9,7 @@ import math
 from typing import Literal, Tuple
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch.utils.data import TensorDataset
 
@@ -83,36 +84,40 @@ class V1Function(RegressionTask):
                 "scheduler": {"name": "step", "step_size": 100, "gamma": 0.5, "interval": "epoch"}}
 
 
-def two_spirals(n_per_class: int, turns: float = 2.0, noise: float = 0.0, seed: int = 0):
-    """Two interleaved spirals (Haber & Ruthotto): class k at angle 2π·turns·s + kπ, radius s,
-    s ∈ (0, 1] evenly; ``noise``: Gaussian jitter std. Returns (points (2n, 2), labels (2n,)),
-    ordered along each spiral and interleaved by class."""
-    s = torch.linspace(0.0, 1.0, n_per_class + 1)[1:]
-    pts, lab = [], []
-    for k in range(2):
-        ang = 2 * math.pi * turns * s + k * math.pi
-        pts.append(torch.stack([s * torch.cos(ang), s * torch.sin(ang)], dim=1))
-        lab.append(torch.full((n_per_class,), k, dtype=torch.long))
-    x = torch.stack(pts, dim=1).reshape(-1, 2)  # interleave: point i of class 0, of class 1, ...
-    y = torch.stack(lab, dim=1).reshape(-1)
+def two_spirals(n_per_class: int = 513, turns: float = 2.0, offset: float = 0.2, noise: float = 0.0, seed: int = 0):
+    """The two spirals of arXiv v1's code (ex_2.py at the authors' first commit, 2019-05-24): angle a ∈ [0, 2π·turns]
+    and radius r ∈ [0, 1], both evenly spaced over ``n_per_class`` points; class 0 at r(cos a, sin a), class 1 at
+    (r + ``offset``)(cos a, sin a) (the same angles, not rotated). ``noise``: Gaussian jitter std (seeded; the code
+    has none). Returns (points (2n, 2), labels (2n,)): class 0's points along its spiral, then class 1's, as the
+    code stacks them."""
+    a = torch.linspace(0.0, 2 * math.pi * turns, n_per_class, dtype=torch.float64)
+    r = torch.linspace(0.0, 1.0, n_per_class, dtype=torch.float64)
+    u = torch.stack([torch.cos(a), torch.sin(a)], dim=1)
+    x = torch.cat([r[:, None] * u, (r[:, None] + offset) * u]).float()
+    y = torch.cat([torch.zeros(n_per_class, dtype=torch.long), torch.ones(n_per_class, dtype=torch.long)])
     if noise > 0:
         x = x + noise * torch.randn(x.shape, generator=torch.Generator().manual_seed(int(seed)))
     return x, y
 
 
 class V1SpiralsOptions(TaskOptions):
-    n_per_class: int = Field(200, ge=4, description="points per spiral before holding out every other one")
-    turns: float = Field(2.0, gt=0)
-    noise: float = Field(0.0, ge=0, description="Gaussian jitter of the points (seeded)")
-    steps: int = Field(100, ge=1, description="layers of the default model (the paper: 100)")
+    n_per_class: int = Field(513, ge=4, description="points per spiral (the v1 code: 513)")
+    turns: float = Field(2.0, gt=0, description="turns of each spiral (the v1 code: angle up to 4π)")
+    offset: float = Field(0.2, ge=0, description="radial offset of the second spiral (the v1 code: 0.2)")
+    noise: float = Field(0.0, ge=0, description="Gaussian jitter of the points (seeded; the v1 code: none)")
+    steps: int = Field(100, ge=1, description="layers of the default model (arXiv v1 text: 100; its code: 25)")
+    head: Literal["sigmoid", "softmax"] = Field(
+        "sigmoid", description="sigmoid: one logit and binary cross-entropy (the v1 code's Dense(1, sigmoid)); "
+                               "softmax: two logits and cross-entropy")
 
 
 class V1Spirals(ClassificationTask):
-    """v1-ex2: two spirals, every other point held out (Haber & Ruthotto 2017).
+    """v1-ex2: two spirals, every other point held out (arXiv v1 §4 Example 2; Haber & Ruthotto 2017).
 
-    Inputs (batch, 2), labels {0, 1}. train: points at even positions along each spiral; val and test:
-    the held-out odd positions (the paper's single validation set; test is the same set). Metrics:
-    loss, top1.
+    Inputs (batch, 2), labels {0, 1}. The two spirals are stacked as the v1 code stacks them (:func:`two_spirals`);
+    the even positions of that stack are held out (the code's ``x[0::2]``: its validation set; our val and test) and
+    the odd ones train. With ``head: sigmoid`` the model has one output, a logit: loss = binary cross-entropy of
+    σ(logit), class 1 when the logit is positive. Metrics: loss, top1.
     """
 
     name = "v1_spirals"
@@ -123,20 +128,53 @@ class V1Spirals(ClassificationTask):
 
     def data(self, seed: int = 0):
         o = self.options
-        x, y = two_spirals(o.n_per_class, o.turns, o.noise, seed)
-        pos = torch.arange(x.shape[0]) // 2  # position along the spiral
-        tr, ho = pos % 2 == 0, pos % 2 == 1
-        held = TensorDataset(x[ho], y[ho])
-        return TensorDataset(x[tr], y[tr]), held, held
+        x, y = two_spirals(o.n_per_class, o.turns, o.offset, o.noise, seed)
+        held = TensorDataset(x[0::2], y[0::2])
+        return TensorDataset(x[1::2], y[1::2]), held, held
+
+    @property
+    def _sigmoid(self) -> bool:
+        return self.options.head == "sigmoid"
+
+    def loss(self, output, target):
+        if not self._sigmoid:
+            return super().loss(output, target)
+        return F.binary_cross_entropy_with_logits(output[:, 0], target.to(output.dtype))
+
+    def metrics(self, output, target):
+        if not self._sigmoid:
+            return super().metrics(output, target)
+        with torch.no_grad():
+            return {"n": float(target.shape[0]),
+                    "loss": float(F.binary_cross_entropy_with_logits(output[:, 0], target.to(output.dtype),
+                                                                     reduction="sum")),
+                    "top1": float(((output[:, 0] > 0).long() == target).sum())}
+
+    def probabilities(self, output):
+        if not self._sigmoid:
+            return super().probabilities(output)
+        p = torch.sigmoid(output[:, :1])
+        return torch.cat([1 - p, p], dim=1)
 
     def default_model(self):
-        return {"name": "mlp_ode", "dims": [4, 16, 4], "activation": "tanh", "steps": self.options.steps,
-                "horizon": 10.0, "shared": False, "augment": 2, "output": "linear", "out_features": 2,
-                "layer": {"theta": 0.5}}
+        """The v1 code's network: a learned Dense(2→6) lift, ``steps`` θ-steps through one antisymmetric field
+        per step, F(y) = tanh((W − Wᵀ) y + b) (Glorot-uniform W, zero b), and a Dense(6→1) logit (sigmoid head) or
+        Dense(6→2), Glorot-uniform with zero bias as Keras's Dense. T = 12.5, the code's 25 steps of h = 0.5 (with the text's 100 steps, h = 0.125: *inferred*, the
+        text's "100 layers to guarantee stability" read as a finer grid). Forward: fixed-point iterations from the
+        explicit step (the code: a linearised predictor, 20 negligible gradient steps, then 10 fixed-point
+        iterations); backward: a direct solve with the full Jacobian, as the code's (I − θJ)ᵀ solve. The θ-step is
+        the code's y = x + h((1 − θ) F(x) + θ F(y)) (``phi: convex``)."""
+        return {"name": "mlp_ode", "dims": [6, 6], "activation": "tanh", "activation_last": True,
+                "antisymmetric": True, "lift": "linear", "in_features": 2, "steps": self.options.steps,
+                "horizon": 12.5, "shared": False, "output": "linear", "out_features": 1 if self._sigmoid else 2,
+                "head_init": "xavier_uniform",
+                "layer": {"theta": 0.5, "phi": "convex", "initial_guess": "explicit",
+                          "solver": {"name": "fixed_point", "tol": 1e-6, "mode": "abs", "max_iter": 100},
+                          "backward": {"name": "direct"}}}
 
     def default_train(self):
-        return {"epochs": 500, "batch_size": self.options.n_per_class, "optimizer": {"name": "adam", "lr": 1e-2},
-                "scheduler": None}
+        """The v1 code: Adam 1e-3, batch 10, 300 epochs, no schedule."""
+        return {"epochs": 300, "batch_size": 10, "optimizer": {"name": "adam", "lr": 1e-3}, "scheduler": None}
 
     def default_regularizers(self):
         return {}  # the paper compares perturbation streams at three σ levels against none

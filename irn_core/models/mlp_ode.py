@@ -115,20 +115,24 @@ def mlp_ode(layer: Optional[Dict[str, Any]] = None, dims: Sequence[int] = (2, 10
             h: Optional[float] = None, horizon: Optional[float] = None, shared: bool = True, augment: int = 0,
             output: str = "state", out_features: Optional[int] = None,
             time_fields: Optional[Dict[str, float]] = None, activation_last: bool = False, lift: str = "zeros",
-            in_features: Optional[int] = None) -> MLPODE:
+            in_features: Optional[int] = None, antisymmetric: bool = False, head_init: str = "default") -> MLPODE:
     """Build an :class:`MLPODE`.
 
     Options: ``dims`` field sizes [d, w1, …, d]; ``activation`` (relu, gelu, tanh, …); ``bias_last``;
     ``init`` (xavier_uniform | xavier_unit_frobenius | normal_spectral_radius | default); ``activation_last`` σ after
-    the field's last layer too (``dims: [d, d]`` is σ(W y + b)); ``steps`` T; ``h`` or ``horizon`` (h = horizon/T; default h=1);
+    the field's last layer too (``dims: [d, d]`` is σ(W y + b)); ``antisymmetric`` W − Wᵀ in place of every W
+    (``dims: [d, d]`` with ``activation_last`` is σ((W − Wᵀ) y + b)); ``steps`` T; ``h`` or ``horizon`` (h = horizon/T; default h=1);
     ``shared`` one field for all steps (else one per step); ``augment`` zero coordinates appended to
     the input (input size = d − augment); ``lift: linear`` instead maps the ``in_features`` inputs to the state by a
     learned W x + b (Xavier-uniform, bias zero); ``output`` state | last | trajectory | linear;
-    ``out_features`` for last (default 1) and linear (required). Paper settings:
+    ``out_features`` for last (default 1) and linear (required); ``head_init`` of the linear output: ``default``
+    (PyTorch's) or ``xavier_uniform`` (bias zero: Keras's Dense, arXiv v1's code). Paper settings:
     ex1 dims [2,10,10,10,2] gelu bias_last=False T=5 augment=1 output=last;
     ex2 dims [1,4,4,1] relu T=20 horizon=2 shared=False field eig_range [-25,-15] output=trajectory;
     ex3 dims [2,20,20,20,20,2] relu T=50 h=0.2 output=trajectory; arXiv v1 ex1 dims [5,5] relu activation_last
-    init=normal_spectral_radius lift=linear in_features=1 horizon=1 output=linear. ``time_fields: {count, span}``: K fields over
+    init=normal_spectral_radius lift=linear in_features=1 horizon=1 output=linear; arXiv v1 ex2 (its code) dims [6,6]
+    tanh activation_last antisymmetric lift=linear in_features=2 shared=False output=linear head_init=xavier_uniform.
+    ``time_fields: {count, span}``: K fields over
     absolute time (see the module docstring).
     """
     kw, field_cfg = split_layer(layer)
@@ -157,7 +161,7 @@ def mlp_ode(layer: Optional[Dict[str, Any]] = None, dims: Sequence[int] = (2, 10
 
     def one():
         return make_field(MLPField(dims, activation=activation, bias_last=bias_last, init=init,
-                                   activation_last=activation_last), field_cfg, (d,))
+                                   activation_last=activation_last, antisymmetric=bool(antisymmetric)), field_cfg, (d,))
 
     if time_fields is not None:
         tf = dict(time_fields)
@@ -179,4 +183,11 @@ def mlp_ode(layer: Optional[Dict[str, Any]] = None, dims: Sequence[int] = (2, 10
         if out_features is None:
             raise ValueError("output 'linear' needs out_features (the number of classes)")
         head = nn.Linear(d, int(out_features))
+        if head_init == "xavier_uniform":
+            nn.init.xavier_uniform_(head.weight)
+            nn.init.zeros_(head.bias)
+    if head_init not in ("default", "xavier_uniform"):
+        raise ValueError(f"unknown head_init {head_init!r}; valid: default, xavier_uniform")
+    if head_init != "default" and head is None:
+        raise ValueError("head_init is for output: linear (the only output with a learned head)")
     return MLPODE(block, int(augment), output, head, out_features, input_map)

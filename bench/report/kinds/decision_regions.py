@@ -39,15 +39,16 @@ def render(ctx, e):
                 ctx.note(f"{c.label}: inputs of shape {tuple(xtr.shape[1:])}; decision_regions draws 2-D inputs only.")
                 continue
             xte, yte = inputs(test) if test is not None else (None, None)
-            panels.append((c, row, model, xtr, ytr, xte, yte))
+            panels.append((c, row, model, task, xtr, ytr, xte, yte))
         if panels:
             _figure(ctx, panels, e, title_part, suffix)
 
 
-def _predict(model, pts: torch.Tensor) -> torch.Tensor:
+def _predict(model, task, pts: torch.Tensor) -> torch.Tensor:
+    """(points, classes) probabilities as the task reads its model's output (softmax of logits, or a sigmoid head)."""
     dtype = next(model.parameters()).dtype
     with torch.no_grad():
-        return torch.softmax(model(pts.to(dtype)), dim=1).float()
+        return task.probabilities(model(pts.to(dtype))).float()
 
 
 def _figure(ctx, panels, e, title_part, suffix):
@@ -55,7 +56,7 @@ def _figure(ctx, panels, e, title_part, suffix):
     from matplotlib.colors import ListedColormap
     from matplotlib.lines import Line2D
 
-    allx = torch.cat([torch.cat([p[3]] + ([p[5]] if p[5] is not None else [])) for p in panels]).numpy()
+    allx = torch.cat([torch.cat([p[4]] + ([p[6]] if p[6] is not None else [])) for p in panels]).numpy()
     lo, hi = allx.min(0), allx.max(0)
     pad = float(e["margin"]) * np.maximum(hi - lo, 1e-3)
     lo, hi = lo - pad, hi + pad
@@ -67,8 +68,8 @@ def _figure(ctx, panels, e, title_part, suffix):
     nrow = math.ceil(n / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 3.3 * nrow), squeeze=False)
     k_max = 2
-    for ax, (c, row, model, xtr, ytr, xte, yte) in zip(axes.flat, panels):
-        prob = _predict(model, grid)
+    for ax, (c, row, model, task, xtr, ytr, xte, yte) in zip(axes.flat, panels):
+        prob = _predict(model, task, grid)
         k = prob.shape[1]
         k_max = max(k_max, k)
         colors = plt.get_cmap("tab10" if k > 2 else "coolwarm")(np.linspace(0, 1, k) if k <= 2 else np.arange(k))
@@ -85,7 +86,7 @@ def _figure(ctx, panels, e, title_part, suffix):
         ax.scatter(xtr[:, 0], xtr[:, 1], c=pt_colors, s=9, edgecolors="black", linewidths=0.3, zorder=3, rasterized=True)
         title = f"{c.label}"
         if xte is not None:
-            pred = _predict(model, xte.float()).argmax(1)
+            pred = _predict(model, task, xte.float()).argmax(1)
             wrong = (pred != yte).numpy()
             ax.scatter(xte[:, 0], xte[:, 1], facecolors="none", edgecolors=colors[yte.numpy()], s=14, linewidths=0.8,
                        zorder=3, rasterized=True)
