@@ -67,6 +67,8 @@ def test_sigmoid_head_loss_metrics_and_probabilities_in_closed_form():
     prob = task.probabilities(logit)
     np.testing.assert_allclose(prob[:, 1].numpy(), p, rtol=1e-6)
     np.testing.assert_allclose(prob.sum(1).numpy(), 1.0, rtol=1e-6)
+    with pytest.raises(ValueError, match="one output per point.*head: softmax"):
+        task.loss(torch.zeros(4, 2), target)
     soft = build_task({"name": "v1_spirals", "head": "softmax"})
     assert soft.default_model()["out_features"] == 2
     assert float(soft.loss(torch.zeros(3, 2), torch.tensor([0, 1, 0]))) == pytest.approx(math.log(2))

@@ -136,24 +136,30 @@ class V1Spirals(ClassificationTask):
     def _sigmoid(self) -> bool:
         return self.options.head == "sigmoid"
 
+    def _logit(self, output: torch.Tensor) -> torch.Tensor:
+        if output.dim() != 2 or output.shape[1] != 1:
+            raise ValueError(f"v1_spirals with head: sigmoid reads one output per point (a logit), got outputs of shape "
+                             f"{tuple(output.shape)}; a two-logit model needs task.head: softmax")
+        return output[:, 0]
+
     def loss(self, output, target):
         if not self._sigmoid:
             return super().loss(output, target)
-        return F.binary_cross_entropy_with_logits(output[:, 0], target.to(output.dtype))
+        return F.binary_cross_entropy_with_logits(self._logit(output), target.to(output.dtype))
 
     def metrics(self, output, target):
         if not self._sigmoid:
             return super().metrics(output, target)
         with torch.no_grad():
+            z = self._logit(output)
             return {"n": float(target.shape[0]),
-                    "loss": float(F.binary_cross_entropy_with_logits(output[:, 0], target.to(output.dtype),
-                                                                     reduction="sum")),
-                    "top1": float(((output[:, 0] > 0).long() == target).sum())}
+                    "loss": float(F.binary_cross_entropy_with_logits(z, target.to(output.dtype), reduction="sum")),
+                    "top1": float(((z > 0).long() == target).sum())}
 
     def probabilities(self, output):
         if not self._sigmoid:
             return super().probabilities(output)
-        p = torch.sigmoid(output[:, :1])
+        p = torch.sigmoid(self._logit(output))[:, None]
         return torch.cat([1 - p, p], dim=1)
 
     def default_model(self):
