@@ -75,8 +75,11 @@ def _die_with_parent() -> None:
 _PARENT_PID: Optional[int] = None
 
 
+_WORKER_QUEUE = None
+
+
 def _init_worker(queue, threads: int) -> None:
-    global _WORKER_DEVICE, _PARENT_PID
+    global _WORKER_DEVICE, _PARENT_PID, _WORKER_QUEUE
     import torch
 
     _PARENT_PID = os.getppid()
@@ -84,6 +87,7 @@ def _init_worker(queue, threads: int) -> None:
     sigterm_as_interrupt()
     _die_with_parent()
     torch.set_num_threads(threads)
+    _WORKER_QUEUE = queue
     _WORKER_DEVICE = queue.get() if queue is not None else None
 
 
@@ -100,6 +104,9 @@ def _run_in_worker(call: Callable, marker: Optional[str], *job):
         if _PARENT_PID is not None and os.getppid() != _PARENT_PID:
             os._exit(130)  # the driver is gone (run already marked KILLED): nobody will send more work
         raise
+    finally:
+        if _WORKER_QUEUE is not None:  # hand the GPU on: a fresh worker replacing this one takes it from the queue
+            _WORKER_QUEUE.put(_WORKER_DEVICE)
 
 
 def _stop_pool(pool: ProcessPoolExecutor, grace: float = 30.0) -> None:
@@ -147,17 +154,27 @@ def _local(jobs_list: List[Job], call: Callable, done: Callable, *, on_start=Non
         done(call(*args, ctx))
 
 
+def fresh_process_per_job(device: str) -> bool:
+    """On CUDA every job runs in a process of its own (even with one worker): measured on an H200 (2026-12-04), a
+    cell run sixth in one process ended 32 % away from the same cell run alone, while two runs alone, each in a
+    fresh process, were bit-identical (benchmarks/README.md). On the CPU a cell gives the same numbers alone and
+    after others, so workers there are reused."""
+    return str(device).startswith("cuda")
+
+
 @EXECUTORS.register("process")
 def _process(jobs_list: List[Job], call: Callable, done: Callable, *, on_start=None, jobs: int = 1,
-             scheduler=None) -> None:
-    """A pool of ``jobs`` spawned processes (one per GPU for device ``cuda``), torch threads = cores / workers.
+             scheduler=None, fresh: Optional[bool] = None) -> None:
+    """A pool of ``jobs`` spawned processes (one per GPU for device ``cuda``), torch threads = cores / workers;
+    ``fresh`` (default on CUDA, :func:`fresh_process_per_job`): a new process for every job.
 
     A worker killed by a signal (the OOM killer's SIGKILL, a segfault) fails its own job only: ``call.on_worker_death``
     (e.g. :func:`bench.runner.cell_worker_died`) records it, or, for a call without that hook, the job is run again;
     the pool, which stops every worker when one dies, is rebuilt for the jobs that were not finished."""
-    if jobs <= 1:
-        return _local(jobs_list, call, done, on_start=on_start)
     device = jobs_list[0][-1].device
+    fresh = fresh_process_per_job(device) if fresh is None else fresh
+    if jobs <= 1 and not fresh:
+        return _local(jobs_list, call, done, on_start=on_start)
     devices = gpu_devices(device)
     spawn = mp.get_context("spawn")
     todo = list(enumerate(jobs_list))
@@ -172,13 +189,14 @@ def _process(jobs_list: List[Job], call: Callable, done: Callable, *, on_start=N
                     queue.put(devices[i % len(devices)])
             threads = threads_per_worker(n) if device == "cpu" else 1
             pool = ProcessPoolExecutor(max_workers=n, mp_context=spawn, initializer=_init_worker,
-                                       initargs=(queue, threads))
+                                       initargs=(queue, threads), max_tasks_per_child=1 if fresh else None)
             try:
                 futs = {pool.submit(_run_in_worker, call, os.path.join(marks, str(key)), *job[:-1],
                                     job[-1].with_threads(job[-1].threads or threads)): (key, job) for key, job in todo}
                 procs = dict(getattr(pool, "_processes", None) or {})  # pid -> Process, spawned by the submits
                 unfinished = dict(futs.values())
                 for f in as_completed(futs):
+                    procs.update(getattr(pool, "_processes", None) or {})  # fresh workers replace finished ones
                     try:
                         res = f.result()
                     except BrokenProcessPool:

@@ -597,3 +597,24 @@ def test_sqlite_fast_metric_path_reads_back_exactly_like_mlflows_own_log_batch(e
 
     with pytest.raises(StoreError, match="deleted"):
         tr.log_metric_batch(fast, ms[:1])
+
+
+def test_fresh_process_per_job_on_cuda_and_reused_workers_on_cpu():
+    """On CUDA a cell run after others in one process did not give the numbers it gives alone (an H200 measurement,
+    benchmarks/README.md), so there every job gets a new process, even with one worker; on the CPU workers are reused."""
+    from _procs import Ctx, pid
+
+    from bench.executors import EXECUTORS, fresh_process_per_job
+
+    assert fresh_process_per_job("cuda") and fresh_process_per_job("cuda:1") and not fresh_process_per_job("cpu")
+    run = EXECUTORS.get("process")
+    jobs = [(i, Ctx()) for i in range(3)]
+    fresh, reused = [], []
+    run(jobs, pid, fresh.append, jobs=1, fresh=True)
+    run(jobs, pid, reused.append, jobs=2, fresh=False)
+    assert sorted(t for t, _ in fresh) == [0, 1, 2] and sorted(t for t, _ in reused) == [0, 1, 2]
+    assert len({p for _, p in fresh}) == 3 and os.getpid() not in {p for _, p in fresh}
+    assert len({p for _, p in reused}) <= 2
+    inproc = []
+    run(jobs, pid, inproc.append, jobs=1)  # one worker on the CPU: in this process, as the local executor
+    assert {p for _, p in inproc} == {os.getpid()}

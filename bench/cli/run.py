@@ -63,12 +63,15 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file."),
         dry_run: bool = typer.Option(False, "--dry-run", help="Show what would run; run nothing."),
         report: bool = typer.Option(True, "--report/--no-report", help="Render the suite's reports at the end.")):
     """Run every cell of a suite (cached cells are skipped), tracked in MLflow."""
+    chosen = executor is not None
     executor = check_executor(executor, jobs)
     with paths.pinned(suite), write_guard(store_file(tracking_uri), paths.results_dir()):
-        _run(suite, set_, only, seeds, device, jobs, executor, scheduler, threads, tracking_uri, force, dry_run, report)
+        _run(suite, set_, only, seeds, device, jobs, executor, scheduler, threads, tracking_uri, force, dry_run, report,
+             chosen)
 
 
-def _run(suite, set_, only, seeds, device, jobs, executor, scheduler, threads, tracking_uri, force, dry_run, report):
+def _run(suite, set_, only, seeds, device, jobs, executor, scheduler, threads, tracking_uri, force, dry_run, report,
+         chosen=True):
     from ..executors import execute, sigterm_as_interrupt
     from ..runner import CellContext
     from ..tracking import TAG_COMMAND, TAG_ROLE, TAG_SUITE, TAG_SUITE_FILE, Tracker
@@ -76,6 +79,8 @@ def _run(suite, set_, only, seeds, device, jobs, executor, scheduler, threads, t
     s = load_or_exit(suite, set_, only, seeds)
     check_data_or_exit(suite, s)
     dev = resolve_device_or_exit(device, s)
+    if dev.startswith("cuda") and not chosen:
+        executor = "process"  # on CUDA each cell in a fresh process (see bench.executors): order-independent numbers
     tracker = Tracker(tracking_uri)
     exp_id = tracker.experiment_id(s.name)
     tracker.close_stale_parents(exp_id)
@@ -119,7 +124,9 @@ def _run(suite, set_, only, seeds, device, jobs, executor, scheduler, threads, t
     results = []
     t0 = time.perf_counter()
     err.print(f"{s.name}: {len(s.specs)} run(s), {len(todo)} to run, {cached} cached — device {dev}, "
-              f"executor {executor}" + (f" x{jobs}" if executor != "local" else "") + f" — store {redact(tracker.uri)}"
+              f"executor {executor}" + (f" x{jobs}" if executor != "local" else "")
+              + (", a fresh process per cell" if executor == "process" and dev.startswith("cuda") else "")
+              + f" — store {redact(tracker.uri)}"
               f" — data {paths.data_root()}")
     suite_task = epoch_task = None
     if progress:
