@@ -75,11 +75,9 @@ def _die_with_parent() -> None:
 _PARENT_PID: Optional[int] = None
 
 
-_WORKER_QUEUE = None
-
-
-def _init_worker(queue, threads: int) -> None:
-    global _WORKER_DEVICE, _PARENT_PID, _WORKER_QUEUE
+def _init_worker(device, threads: int) -> None:
+    """``device``: None (the job's own), a device name, or a queue to take one from (one worker per GPU)."""
+    global _WORKER_DEVICE, _PARENT_PID
     import torch
 
     _PARENT_PID = os.getppid()
@@ -87,8 +85,7 @@ def _init_worker(queue, threads: int) -> None:
     sigterm_as_interrupt()
     _die_with_parent()
     torch.set_num_threads(threads)
-    _WORKER_QUEUE = queue
-    _WORKER_DEVICE = queue.get() if queue is not None else None
+    _WORKER_DEVICE = device if device is None or isinstance(device, str) else device.get()
 
 
 def _run_in_worker(call: Callable, marker: Optional[str], *job):
@@ -104,9 +101,6 @@ def _run_in_worker(call: Callable, marker: Optional[str], *job):
         if _PARENT_PID is not None and os.getppid() != _PARENT_PID:
             os._exit(130)  # the driver is gone (run already marked KILLED): nobody will send more work
         raise
-    finally:
-        if _WORKER_QUEUE is not None:  # hand the GPU on: a fresh worker replacing this one takes it from the queue
-            _WORKER_QUEUE.put(_WORKER_DEVICE)
 
 
 def _stop_pool(pool: ProcessPoolExecutor, grace: float = 30.0) -> None:
@@ -172,8 +166,9 @@ def _process(jobs_list: List[Job], call: Callable, done: Callable, *, on_start=N
     (e.g. :func:`bench.runner.cell_worker_died`) records it, or, for a call without that hook, the job is run again;
     the pool, which stops every worker when one dies, is rebuilt for the jobs that were not finished."""
     device = jobs_list[0][-1].device
-    fresh = fresh_process_per_job(device) if fresh is None else fresh
-    if jobs <= 1 and not fresh:
+    if fresh_process_per_job(device) if fresh is None else fresh:
+        return _fresh(jobs_list, call, done, jobs=jobs)
+    if jobs <= 1:
         return _local(jobs_list, call, done, on_start=on_start)
     devices = gpu_devices(device)
     spawn = mp.get_context("spawn")
@@ -187,16 +182,15 @@ def _process(jobs_list: List[Job], call: Callable, done: Callable, *, on_start=N
                 queue = spawn.Manager().Queue()
                 for i in range(n):
                     queue.put(devices[i % len(devices)])
-            threads = threads_per_worker(n) if device == "cpu" else 1
+            threads = threads_per_worker(n)  # the cores shared out (on CUDA too: host-side work, data)
             pool = ProcessPoolExecutor(max_workers=n, mp_context=spawn, initializer=_init_worker,
-                                       initargs=(queue, threads), max_tasks_per_child=1 if fresh else None)
+                                       initargs=(queue, threads))
             try:
                 futs = {pool.submit(_run_in_worker, call, os.path.join(marks, str(key)), *job[:-1],
                                     job[-1].with_threads(job[-1].threads or threads)): (key, job) for key, job in todo}
                 procs = dict(getattr(pool, "_processes", None) or {})  # pid -> Process, spawned by the submits
                 unfinished = dict(futs.values())
                 for f in as_completed(futs):
-                    procs.update(getattr(pool, "_processes", None) or {})  # fresh workers replace finished ones
                     try:
                         res = f.result()
                     except BrokenProcessPool:
@@ -208,6 +202,50 @@ def _process(jobs_list: List[Job], call: Callable, done: Callable, *, on_start=N
                 raise
             pool.shutdown(wait=True)
             todo = _after_broken_pool(unfinished, procs, marks, call, done, deaths)
+
+
+def _fresh(jobs_list: List[Job], call: Callable, done: Callable, *, jobs: int = 1) -> None:
+    """Every job in a new spawned process: a one-worker pool per job, at most ``jobs`` at a time (for plain 'cuda',
+    one per visible GPU, each job on a free GPU). A job whose worker dies is handled as in ``_process``."""
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    device = jobs_list[0][-1].device
+    devices = gpu_devices(device)
+    free: List[Optional[str]] = list(devices) if len(devices) > 1 else [None] * max(1, jobs)
+    threads = threads_per_worker(len(free))  # the cores shared out (on CUDA too: host-side work, data)
+    spawn = mp.get_context("spawn")
+    todo = list(enumerate(jobs_list))
+    deaths: dict = {}
+    running: dict = {}  # future -> (key, job, pool, device, {pid: Process})
+    with tempfile.TemporaryDirectory(prefix="irn-jobs-") as marks:
+        try:
+            while todo or running:
+                while todo and free:
+                    (key, job), dev = todo.pop(0), free.pop(0)
+                    pool = ProcessPoolExecutor(max_workers=1, mp_context=spawn, initializer=_init_worker,
+                                               initargs=(dev, threads))
+                    f = pool.submit(_run_in_worker, call, os.path.join(marks, str(key)), *job[:-1],
+                                    job[-1].with_threads(job[-1].threads or threads))
+                    running[f] = (key, job, pool, dev, dict(getattr(pool, "_processes", None) or {}))
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for f in finished:
+                    key, job, pool, dev, procs = running.pop(f)
+                    free.append(dev)
+                    try:
+                        res = f.result()
+                    except BrokenProcessPool:
+                        pool.shutdown(wait=True)
+                        todo[:0] = _after_broken_pool({key: job}, procs, marks, call, done, deaths)
+                        continue
+                    except BaseException:  # the job raised (an interrupt inside it): stop it with the others
+                        _stop_pool(pool)
+                        raise
+                    pool.shutdown(wait=True)
+                    done(res)
+        except BaseException:  # interrupted: stop every running worker now
+            for _, _, pool, _, _ in running.values():
+                _stop_pool(pool)
+            raise
 
 
 def _after_broken_pool(unfinished: dict, procs: dict, marks: str, call: Callable, done: Callable,

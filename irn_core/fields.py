@@ -12,6 +12,7 @@ from typing import Sequence
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 __all__ = ["MLPField", "ConvField", "AntisymmetricLinear", "ACTIVATIONS", "INITS", "make_activation", "xavier_unit_frobenius_",
            "normal_spectral_radius_"]
@@ -62,15 +63,35 @@ def normal_spectral_radius_(weight: torch.Tensor) -> torch.Tensor:
 INITS = ("xavier_uniform", "xavier_unit_frobenius", "normal_spectral_radius", "default")
 
 
+class _Skew(nn.Module):
+    def forward(self, W: torch.Tensor) -> torch.Tensor:
+        return W - W.transpose(-1, -2)
+
+
 class AntisymmetricLinear(nn.Linear):
     """y ↦ (W − Wᵀ) y + b (square W): a linear map with purely imaginary spectrum (Haber & Ruthotto 2017; the
-    ``Antisym`` layer of arXiv v1's code, CustomLayers.py at the authors' first commit). ``weight`` holds W."""
+    ``Antisym`` layer of arXiv v1's code, CustomLayers.py at the authors' first commit).
+
+    ``weight`` *reads* as W − Wᵀ (a parametrisation; the stored W is ``parametrizations.weight.original``), so every
+    reader of a Linear's weight — spectral normalisation, eigenvalue wrappers, Lipschitz bounds, penalties — sees the
+    map that is applied. Initialise through :attr:`raw_weight`."""
 
     def __init__(self, features: int, bias: bool = True):
         super().__init__(features, features, bias=bias)
+        parametrize.register_parametrization(self, "weight", _Skew())
+        self._register_load_state_dict_pre_hook(self._stored_as_weight)
 
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(y, self.weight - self.weight.t(), self.bias)
+    @property
+    def raw_weight(self) -> nn.Parameter:
+        """The stored W (a Parameter): what initialisers write."""
+        return self.parametrizations.weight.original
+
+    @staticmethod
+    def _stored_as_weight(state_dict, prefix, *args):
+        # models saved before the parametrisation (2026-12-04) stored W under ``weight``: the same W
+        old, new = prefix + "weight", prefix + "parametrizations.weight.original"
+        if old in state_dict and new not in state_dict:
+            state_dict[new] = state_dict.pop(old)
 
 
 class MLPField(nn.Module):
@@ -81,7 +102,7 @@ class MLPField(nn.Module):
     (biases zero), ``"xavier_unit_frobenius"`` the authors' redraw (:func:`xavier_unit_frobenius_`),
     ``"normal_spectral_radius"`` N(0, 1) weights divided by their spectral radius, biases zero (arXiv v1 Example 1;
     square layers only), ``"default"`` PyTorch's. ``antisymmetric=True`` makes every layer
-    :class:`AntisymmetricLinear` (square layers only). An activation precedes every linear layer but the first, so the
+    :class:`AntisymmetricLinear` (square layers; init xavier_uniform or default, of W). An activation precedes every linear layer but the first, so the
     authors' "width w, depth k" MLP (k + 2 linear layers, the last activation before the bias-free output layer) is
     ``dims = [d] + [w] * (k + 1) + [d]``, ``bias_last=False``.
     """
@@ -98,13 +119,15 @@ class MLPField(nn.Module):
             raise ValueError(f"init normal_spectral_radius needs square layers (dims all equal), got {dims}")
         if antisymmetric and any(a != b for a, b in zip(dims[:-1], dims[1:])):
             raise ValueError(f"antisymmetric needs square layers (dims all equal), got {dims}")
+        if antisymmetric and init not in ("xavier_uniform", "default"):
+            raise ValueError(f"antisymmetric takes init xavier_uniform or default (of W, before W - W^T), got {init!r}")
         layers = []
         for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
             last = i == len(dims) - 2
             bias = bias_last or not last
             lin = AntisymmetricLinear(a, bias=bias) if antisymmetric else nn.Linear(a, b, bias=bias)
             if init == "xavier_uniform":
-                nn.init.xavier_uniform_(lin.weight)
+                nn.init.xavier_uniform_(lin.raw_weight if antisymmetric else lin.weight)
             elif init == "normal_spectral_radius":
                 normal_spectral_radius_(lin.weight)
             if init in ("xavier_uniform", "normal_spectral_radius") and lin.bias is not None:

@@ -18,3 +18,22 @@ class Ctx:
 def pid(tag, ctx):
     """(tag, the worker's pid)."""
     return tag, os.getpid()
+
+
+def nap(tag, ctx):
+    """Say it started (a file in $IRN_TEST_NAP_DIR), then sleep long enough to be interrupted."""
+    import pathlib
+    import time
+
+    pathlib.Path(os.environ["IRN_TEST_NAP_DIR"], f"started-{tag}").touch()
+    time.sleep(60)
+    return tag, os.getpid()
+
+
+if __name__ == "__main__":  # the driver of test_interrupting_fresh_workers_*: three naps, one fresh worker each
+    import sys
+
+    from bench.executors import EXECUTORS
+
+    EXECUTORS.get("process")([(i, Ctx()) for i in range(3)], nap, lambda r: None, jobs=1, fresh=True)
+    sys.exit(0)

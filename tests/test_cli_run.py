@@ -618,3 +618,29 @@ def test_fresh_process_per_job_on_cuda_and_reused_workers_on_cpu():
     inproc = []
     run(jobs, pid, inproc.append, jobs=1)  # one worker on the CPU: in this process, as the local executor
     assert {p for _, p in inproc} == {os.getpid()}
+
+
+def test_interrupting_fresh_workers_stops_cleanly_and_starts_no_queued_job(tmp_path):
+    """Ctrl-C with a fresh process per job: the interrupted worker returns and the pool must not replace it (its
+    manager thread crashed with a TypeError once shutdown had cleared the process table, and a replacement would
+    have run the next queued job after the interrupt)."""
+    env = dict(os.environ, IRN_TEST_NAP_DIR=str(tmp_path), PYTHONPATH=os.pathsep.join(
+        [str(Path(__file__).parent), str(Path(__file__).parent.parent)]))
+    p = subprocess.Popen([sys.executable, str(Path(__file__).parent / "_procs.py")], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "started-0").exists():
+            if p.poll() is not None or time.monotonic() > deadline:
+                p.kill()
+                pytest.fail(f"the first job never started: {p.communicate()[1][-3000:]}")
+            time.sleep(0.2)
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode != 0 and "KeyboardInterrupt" in err
+    assert "Exception in thread" not in err and "has no len()" not in err, err[-2000:]
+    time.sleep(2)
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["started-0"]  # no queued job ran after the interrupt

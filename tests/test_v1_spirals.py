@@ -35,7 +35,8 @@ def test_antisymmetric_field_is_tanh_of_a_skew_map():
     f = MLPField([6, 6], activation="tanh", activation_last=True, antisymmetric=True)
     lin = f.net[0]
     assert isinstance(lin, AntisymmetricLinear) and torch.count_nonzero(lin.bias) == 0
-    W = lin.weight.detach().double()
+    W = lin.raw_weight.detach().double()
+    torch.testing.assert_close(lin.weight.detach().double(), W - W.T)  # every reader of .weight sees W - Wᵀ
     with torch.no_grad():
         lin.bias.copy_(torch.linspace(-0.5, 0.5, 6))
     y = torch.randn(9, 6)
@@ -43,7 +44,7 @@ def test_antisymmetric_field_is_tanh_of_a_skew_map():
     # the linear part has a purely imaginary spectrum: Jacobian at a point where tanh' = 1 is W - Wᵀ (float64 FD)
     g = MLPField([6, 6], activation="identity", activation_last=True, antisymmetric=True).double()
     with torch.no_grad():
-        g.net[0].weight.copy_(W)
+        g.net[0].raw_weight.copy_(W)
     z0 = torch.randn(6, dtype=torch.float64)
     eps = 1e-6
     with torch.no_grad():
@@ -52,6 +53,43 @@ def test_antisymmetric_field_is_tanh_of_a_skew_map():
     assert np.abs(np.linalg.eigvals(J.numpy()).real).max() < 1e-8
     with pytest.raises(ValueError, match="square"):
         MLPField([4, 6, 4], antisymmetric=True)
+    with pytest.raises(ValueError, match="antisymmetric takes init"):
+        MLPField([6, 6], antisymmetric=True, init="normal_spectral_radius")
+
+
+def test_antisymmetric_weight_is_what_normalisation_bounds_and_penalties_read():
+    """Spectral normalisation, the Lipschitz bound and the Frobenius penalty read a Linear's ``weight``: for the
+    antisymmetric field it is W − Wᵀ (they once read W, and the normalised field lost its antisymmetry)."""
+    from irn_core.analysis import lipschitz_upper_bound
+    from irn_core.normalization import spectral_normalize
+    from irn_core.regularizers import frobenius_penalty
+
+    torch.manual_seed(4)
+    f = MLPField([6, 6], activation="identity", activation_last=True, antisymmetric=True).double()
+    with torch.no_grad():
+        f.net[0].bias.zero_()
+    W = f.net[0].raw_weight.detach()
+    K = W - W.T
+    true = float(torch.linalg.matrix_norm(K, 2))
+    assert lipschitz_upper_bound(f) == pytest.approx(true, rel=1e-6)
+    assert float(frobenius_penalty(f).detach()) == pytest.approx(float((K ** 2).sum()), rel=1e-6)
+    g = spectral_normalize(f, alpha=0.5, exact=True, init_iterations=200)
+    eye = torch.eye(6, dtype=torch.float64)
+    with torch.no_grad():
+        J = torch.stack([g(e) for e in eye], 1)  # linear and bias-free: the columns are the Jacobian's
+    assert torch.allclose(J, -J.T, atol=1e-6)  # still antisymmetric
+    assert float(torch.linalg.matrix_norm(J, 2)) == pytest.approx(0.5, rel=1e-3)  # normalised by ‖W − Wᵀ‖
+
+
+def test_a_model_saved_before_the_parametrisation_loads_unchanged():
+    torch.manual_seed(5)
+    f = MLPField([6, 6], activation="tanh", activation_last=True, antisymmetric=True)
+    W, b = f.net[0].raw_weight.detach().clone(), f.net[0].bias.detach().clone()
+    old = {"net.0.weight": W, "net.0.bias": b}  # the earlier layout: W stored as ``weight``
+    g = MLPField([6, 6], activation="tanh", activation_last=True, antisymmetric=True)
+    g.load_state_dict(old)
+    y = torch.randn(4, 6)
+    torch.testing.assert_close(g(y), torch.tanh(y @ (W - W.T).T + b))
 
 
 def test_sigmoid_head_loss_metrics_and_probabilities_in_closed_form():
@@ -87,7 +125,7 @@ def test_explicit_model_is_the_codes_forward_by_hand():
     fields = [mod for mod in m.modules() if isinstance(mod, AntisymmetricLinear)]
     assert len(fields) == 3
     for a in fields:
-        W = a.weight
+        W = a.raw_weight
         y = y + h * torch.tanh(y @ (W - W.T).T + a.bias)
     head = m.head
     assert torch.count_nonzero(head.bias) == 0

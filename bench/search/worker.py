@@ -292,26 +292,35 @@ class _Worker:
             state, reason_txt = TrialState.FAIL, f"{type(e).__name__}: {e}".strip()
             with contextlib.suppress(Exception):
                 self.tracker.log_text(run_id, traceback.format_exc(), "failure/traceback.txt")
+        except BaseException:
+            hb.stop()
+            raise
+        try:  # the heartbeat runs until Optuna is told (RDB storages fail trials whose heartbeat stops)
+            outcome = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "fail"}[state]
+            trial.set_user_attr(OUTCOME, outcome)
+            if reason_txt:
+                trial.set_user_attr("irn.reason", reason_txt[:1000])
+            # the MLflow run is closed before Optuna is told: a worker killed in between leaves a RUNNING trial, which
+            # the next worker fails as stale (closing its run again as FAILED); told first, it would leave a finished
+            # trial whose run stays RUNNING for ever. A store error here still lets the result reach Optuna.
+            tags = {T.TAG_TRIAL_STATE: state.name, T.TAG_BEST: "false"}
+            if reason_txt:
+                tags[T.TAG_REASON if state == TrialState.FAIL else T.TAG_PRUNE_REASON] = reason_txt[:4000]
+            try:
+                self.tracker.set_tags(run_id, tags)
+                if vals is not None:
+                    self.tracker.log_metrics(run_id, {mlflow_name(f"objective/{o.metric}"): v
+                                                      for o, v in zip(spec.objectives, vals)}, step=0)
+                self.tracker.finish(run_id, {TrialState.COMPLETE: "FINISHED",
+                                             TrialState.PRUNED: "KILLED"}.get(state, "FAILED"))
+            except Exception as e:  # noqa: BLE001 - the trial's result is kept; its run says so when it can
+                warnings.warn(f"trial {trial.number}: closing its MLflow run failed ({type(e).__name__}: {e}); "
+                              f"the result is told to Optuna anyway", RuntimeWarning, stacklevel=1)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                study.tell(trial, vals if state == TrialState.COMPLETE else None, state=state)
         finally:
             hb.stop()
-        outcome = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "fail"}[state]
-        trial.set_user_attr(OUTCOME, outcome)
-        if reason_txt:
-            trial.set_user_attr("irn.reason", reason_txt[:1000])
-        # the MLflow run is closed before Optuna is told: a worker killed in between leaves a RUNNING trial, which the
-        # next worker fails as stale (closing its run again as FAILED); told first, it would leave a finished trial
-        # whose run stays RUNNING for ever
-        tags = {T.TAG_TRIAL_STATE: state.name, T.TAG_BEST: "false"}
-        if reason_txt:
-            tags[T.TAG_REASON if state == TrialState.FAIL else T.TAG_PRUNE_REASON] = reason_txt[:4000]
-        self.tracker.set_tags(run_id, tags)
-        if vals is not None:
-            self.tracker.log_metrics(run_id, {mlflow_name(f"objective/{o.metric}"): v for o, v in zip(spec.objectives, vals)},
-                                     step=0)
-        self.tracker.finish(run_id, {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED"}.get(state, "FAILED"))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            study.tell(trial, vals if state == TrialState.COMPLETE else None, state=state)
         self.ran += 1
         if state == TrialState.COMPLETE:
             with exclusive(self.claim_path):
