@@ -72,15 +72,16 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file."),
 
 def _run(suite, set_, only, seeds, device, jobs, executor, scheduler, threads, tracking_uri, force, dry_run, report,
          chosen=True):
-    from ..executors import execute, sigterm_as_interrupt
+    from ..executors import execute, fresh_process_per_job, sigterm_as_interrupt
     from ..runner import CellContext
     from ..tracking import TAG_COMMAND, TAG_ROLE, TAG_SUITE, TAG_SUITE_FILE, Tracker
 
     s = load_or_exit(suite, set_, only, seeds)
     check_data_or_exit(suite, s)
     dev = resolve_device_or_exit(device, s)
-    if dev.startswith("cuda") and not chosen:
-        executor = "process"  # on CUDA each cell in a fresh process (see bench.executors): order-independent numbers
+    fresh = fresh_process_per_job(dev)
+    if fresh and not chosen:
+        executor = "process"  # each cell in a fresh process (bench.executors.fresh_process_per_job)
     tracker = Tracker(tracking_uri)
     exp_id = tracker.experiment_id(s.name)
     tracker.close_stale_parents(exp_id)
@@ -125,7 +126,7 @@ def _run(suite, set_, only, seeds, device, jobs, executor, scheduler, threads, t
     t0 = time.perf_counter()
     err.print(f"{s.name}: {len(s.specs)} run(s), {len(todo)} to run, {cached} cached — device {dev}, "
               f"executor {executor}" + (f" x{jobs}" if executor != "local" else "")
-              + (", a fresh process per cell" if executor == "process" and dev.startswith("cuda") else "")
+              + (", a fresh process per cell" if executor == "process" and fresh else "")
               + f" — store {redact(tracker.uri)}"
               f" — data {paths.data_root()}")
     suite_task = epoch_task = None
