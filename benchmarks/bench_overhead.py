@@ -164,9 +164,14 @@ def peak_bytes(fn, device):
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    cur = peak = 0  # running sum of every op's own allocations minus frees, in time order
-    for e in sorted(prof.events(), key=lambda e: e.time_range.start):
-        cur += e.self_cpu_memory_usage
+    # every allocation and free the profiler saw, in time order (its "[memory]" records: +bytes, -bytes). Summing the
+    # ops' self_cpu_memory_usage instead undercounts: an op's self usage nets its children's allocations against its
+    # own frees and is placed at the op's start, before the children allocate.
+    records = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                     key=lambda e: e.start_ns())
+    cur = peak = 0
+    for e in records:
+        cur += e.nbytes()
         peak = max(peak, cur)
     return peak
 

@@ -413,3 +413,30 @@ def test_lbfgs_driver_is_torch_lbfgs_iterate_for_iterate(case, line_search, dtyp
         assert torch.equal(a, b)
     assert torch.equal(x, p.detach())
     assert state["n_iter"] == opt.state[p]["n_iter"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, D])
+def test_gmres_grown_basis_gives_the_iterates_of_a_basis_allocated_whole(monkeypatch, dtype):
+    """The Krylov basis starts with room for GMRES_FIRST_BLOCK vectors and grows (one copy) only when a cycle needs
+    more: solves that stop inside the first block, cross it and restart give bitwise the same solution, residuals and
+    history whatever the first block's size (1, the default 8, or the whole cycle up front, the former layout)."""
+    import irn_core.solvers.linear as linear
+
+    g = torch.Generator().manual_seed(3)
+    B, d = 4, 60
+    results = {}
+    for first in (1, linear.GMRES_FIRST_BLOCK, 10**6):
+        monkeypatch.setattr(linear, "GMRES_FIRST_BLOCK", first)
+        out = []
+        for rho, restart, max_iter in ((0.05, 20, 50), (0.3, 20, 50), (0.99, 6, 40)):
+            M = torch.randn(d, d, generator=torch.Generator().manual_seed(int(rho * 100)), dtype=dtype)
+            M = rho * M / torch.linalg.matrix_norm(M, 2)
+            b = torch.randn(B, d, generator=g.manual_seed(7), dtype=dtype)
+            x, st = get_linear("gmres")(lambda v: v - v @ M.T, b, tol=1e-7, max_iter=max_iter, restart=restart)
+            out.append((x, st.residual, st.history, st.iterations))
+        results[first] = out
+    iters = [o[3] for o in results[10**6]]
+    assert iters[0] < 8 < iters[1] <= 20 < iters[2], iters  # inside the first block, across it, with restarts
+    for first, out in results.items():
+        for (x, res, hist, it), (x0, res0, hist0, it0) in zip(out, results[10**6]):
+            assert torch.equal(x, x0) and torch.equal(res, res0) and hist == hist0 and it == it0, first

@@ -72,6 +72,10 @@ def neumann(A: LinOp, b: torch.Tensor, *, tol: float = 1e-6, max_iter: int = 50,
     return best.y, _stats("neumann", best, it, nfe, t0, init_res, hist, tol, mode)
 
 
+#: vectors of GMRES's first basis block: the IFT backwards of the paper models converge in 5–8 iterations
+GMRES_FIRST_BLOCK = 8
+
+
 @register_linear("gmres")
 def gmres(A: LinOp, b: torch.Tensor, *, tol: float = 1e-6, max_iter: int = 50, mode: str = "rel",
           restart: int = 20, x0: torch.Tensor | None = None) -> Tuple[torch.Tensor, SolverStats]:
@@ -84,6 +88,11 @@ def gmres(A: LinOp, b: torch.Tensor, *, tol: float = 1e-6, max_iter: int = 50, m
     Hessenberg column — (j+2) numbers per sample — is then read to the host, where the Givens rotations, the
     residual estimate and the convergence test run in float64: that read is the iteration's one host
     synchronisation, and the small least-squares problem costs no device kernels at all.
+
+    Memory: the basis grows as the iterations need it — room for :data:`GMRES_FIRST_BLOCK` vectors first, the
+    whole restart cycle only if the solve goes on (one copy) — and a new vector is stored only when another
+    iteration will use it; a backward that converges in k ≤ 8 iterations holds k vectors, not restart + 1. The
+    iterates are bitwise those of a basis allocated whole.
     """
     check_mode(mode)
     if restart < 1:
@@ -111,7 +120,7 @@ def gmres(A: LinOp, b: torch.Tensor, *, tol: float = 1e-6, max_iter: int = 50, m
     nfe = 0
     if x0 is None:
         x = torch.zeros_like(bf)
-        r = bf.clone()
+        r = bf  # never written in place
     else:
         x = x0.reshape(B, n) / scale
         x = torch.where(torch.isfinite(x).all(dim=1, keepdim=True), x, torch.zeros_like(x))
@@ -128,14 +137,21 @@ def gmres(A: LinOp, b: torch.Tensor, *, tol: float = 1e-6, max_iter: int = 50, m
     while it < max_iter and not bool((best.res <= tol).all()):
         beta = r.norm(dim=1)
         k_max = min(restart, max_iter - it)
-        V = torch.empty(B, k_max + 1, n, dtype=dt, device=dev)
+        V = torch.empty(B, min(k_max, GMRES_FIRST_BLOCK), n, dtype=dt, device=dev)  # grown below if needed
         V[:, 0] = r / beta.clamp_min(tiny)[:, None]
+        r = v_next = None  # the basis holds r now; v_next: the newest vector, stored when the next iteration uses it
         H = np.zeros((B, k_max + 1, k_max))  # rotated Hessenberg (= R above the diagonal), host, float64
         cs, sn = np.ones((B, k_max)), np.zeros((B, k_max))
         gv = np.zeros((B, k_max + 1))
         gv[:, 0] = beta.double().cpu().numpy()
         k = 0
         for j in range(k_max):
+            if j > 0:  # the previous iteration's new vector, stored now that this iteration uses it
+                if j == V.shape[1]:  # the first block is full: room for the whole cycle (one copy)
+                    W = V.new_empty(B, k_max, n)
+                    W[:, :j] = V
+                    V = W
+                V[:, j] = v_next
             w = A(V[:, j].reshape(shape)).reshape(B, n)
             nfe += 1
             it += 1
@@ -145,7 +161,7 @@ def gmres(A: LinOp, b: torch.Tensor, *, tol: float = 1e-6, max_iter: int = 50, m
             h2 = torch.bmm(Vj, w.unsqueeze(2))
             w = w - torch.bmm(Vj.transpose(1, 2), h2).squeeze(2)
             hn = w.norm(dim=1)
-            V[:, j + 1] = torch.where((hn > tiny)[:, None], w / hn.clamp_min(tiny)[:, None], 0.0)
+            v_next = torch.where((hn > tiny)[:, None], w / hn.clamp_min(tiny)[:, None], 0.0)
             col = torch.cat([(h + h2).squeeze(2), hn[:, None]], dim=1).double().cpu().numpy()  # the host read
             for i in range(j):  # the previous rotations, applied to the new column
                 a, c = col[:, i].copy(), col[:, i + 1]
@@ -173,6 +189,7 @@ def gmres(A: LinOp, b: torch.Tensor, *, tol: float = 1e-6, max_iter: int = 50, m
         yk = np.linalg.solve(R, gv[:, :k, None])  # upper triangular, k ≤ restart: a host solve of a tiny system
         yk = torch.from_numpy(yk[:, :, 0]).to(dtype=dt, device=dev)
         x = x + torch.bmm(yk.unsqueeze(1), V[:, :k]).squeeze(1)
+        del V, v_next  # free the basis before the product below
         r = bf - A(x.reshape(shape)).reshape(B, n)
         nfe += 1
         res = measure(r)
