@@ -337,6 +337,22 @@ class Tracker:
 
     @_retry
     def download(self, run_id: str, path: str, dst: str) -> str:
+        """A run's artifact ``path`` copied under ``dst``. A SQLite store's artifacts are found beside the database
+        (``artifacts/<run id>/artifacts``) when the absolute folder recorded with the run is gone: a store unpacked
+        from an archive somewhere else (the ``runs-store.tar.xz`` beside a report) still renders its figures."""
+        db = sqlite_path(self.uri)
+        if db is not None:
+            from urllib.parse import unquote, urlparse
+
+            rec = urlparse(self.client.get_run(run_id).info.artifact_uri or "")
+            here = db.parent / "artifacts" / run_id / "artifacts"
+            if rec.scheme == "file" and not Path(unquote(rec.path)).exists() and (here / path).exists():
+                import shutil
+
+                out = Path(dst) / path
+                out.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(here / path, out)
+                return str(out)
         return self.client.download_artifacts(run_id, path, dst)
 
     @_retry

@@ -72,3 +72,27 @@ def test_commands_from_another_folder_use_the_projects_store(tmp_path, monkeypat
     res = runner.invoke(app, ["list", str(proj / "suites" / "tiny.yaml")])
     assert res.exit_code == 0 and "finished" in res.output, res.output  # the project's store, not a new one
     assert not (elsewhere / "results").exists()
+
+
+def test_a_store_moved_elsewhere_still_finds_its_artifacts(tmp_path):
+    """A SQLite store records absolute artifact folders; unpacked somewhere else (a report's runs-store.tar.xz), the
+    artifacts beside the database are read instead, byte for byte, and a store whose recorded folder exists reads that."""
+    import shutil
+
+    from bench.tracking import Tracker
+
+    old = tmp_path / "old"
+    tr = Tracker(f"sqlite:///{old / 'mlflow.db'}")
+    exp = tr.client.create_experiment("e", artifact_location=(old / "artifacts").as_uri())
+    run = tr.client.create_run(exp)
+    src = tmp_path / "state_dict.pt"
+    src.write_bytes(b"weights \x00\x01")
+    tr.client.log_artifact(run.info.run_id, str(src), "model")
+    tr.client.set_terminated(run.info.run_id)
+    assert Path(tr.download(run.info.run_id, "model/state_dict.pt", str(tmp_path / "a"))).read_bytes() == src.read_bytes()
+    del tr
+    new = tmp_path / "elsewhere" / "store"
+    shutil.move(str(old), str(new))
+    moved = Tracker(f"sqlite:///{new / 'mlflow.db'}")
+    got = moved.download(run.info.run_id, "model/state_dict.pt", str(tmp_path / "b"))
+    assert Path(got).read_bytes() == src.read_bytes()
