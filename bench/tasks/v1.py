@@ -69,12 +69,13 @@ class V1Function(RegressionTask):
 
     def default_model(self):
         """arXiv v1 §3: one stationary (shared) field F(y) = ReLU(W y + b), W ~ N(0, 1) / ρ(W), b = 0, on a 5-unit
-        state lifted and read out by learned affine maps (the v1 code's Dense(1→5) … Dense(5→1)), T = 1 (the v1
+        state lifted and read out by learned affine maps (the v1 code's Dense(1→5) … Dense(5→1), both Keras's
+        Glorot-uniform with zero bias), T = 1 (the v1
         code's 10 layers of h = 0.1), the convex θ-step of v1's Listing 1, fixed-point iterations from the explicit
         step forward and Neumann series backward (Figure 5)."""
         return {"name": "mlp_ode", "dims": [5, 5], "activation": "relu", "activation_last": True,
                 "init": "normal_spectral_radius", "lift": "linear", "in_features": 1, "steps": self.options.steps,
-                "horizon": 1.0, "shared": True, "output": "linear", "out_features": 1,
+                "horizon": 1.0, "shared": True, "output": "linear", "out_features": 1, "head_init": "xavier_uniform",
                 "layer": {"theta": 0.5, "phi": "convex", "initial_guess": "explicit",
                           "solver": {"name": "fixed_point", "tol": 1e-6, "mode": "abs", "max_iter": 100},
                           "backward": {"name": "neumann", "tol": 1e-6, "max_iter": 100}}}
