@@ -351,7 +351,10 @@ class Tracker:
 
                 out = Path(dst) / path
                 out.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(here / path, out)
+                if (here / path).is_dir():
+                    shutil.copytree(here / path, out, dirs_exist_ok=True)
+                else:
+                    shutil.copyfile(here / path, out)
                 return str(out)
         return self.client.download_artifacts(run_id, path, dst)
 

@@ -90,9 +90,10 @@ def gmres(A: LinOp, b: torch.Tensor, *, tol: float = 1e-6, max_iter: int = 50, m
     synchronisation, and the small least-squares problem costs no device kernels at all.
 
     Memory: the basis grows as the iterations need it — room for :data:`GMRES_FIRST_BLOCK` vectors first, the
-    whole restart cycle only if the solve goes on (one copy) — and a new vector is stored only when another
-    iteration will use it; a backward that converges in k ≤ 8 iterations holds k vectors, not restart + 1. The
-    iterates are bitwise those of a basis allocated whole.
+    whole restart cycle only if the cycle goes on (one copy) — and a new vector is stored only when another
+    iteration will use it: a backward that converges within 8 iterations allocates 8 vectors, not restart + 1,
+    and the basis is freed before the restart's residual is computed. The iterates are bitwise those of a basis
+    allocated whole.
     """
     check_mode(mode)
     if restart < 1:
@@ -148,9 +149,10 @@ def gmres(A: LinOp, b: torch.Tensor, *, tol: float = 1e-6, max_iter: int = 50, m
         for j in range(k_max):
             if j > 0:  # the previous iteration's new vector, stored now that this iteration uses it
                 if j == V.shape[1]:  # the first block is full: room for the whole cycle (one copy)
-                    W = V.new_empty(B, k_max, n)
-                    W[:, :j] = V
-                    V = W
+                    grown = V.new_empty(B, k_max, n)
+                    grown[:, :j] = V
+                    V = grown
+                    del grown
                 V[:, j] = v_next
             w = A(V[:, j].reshape(shape)).reshape(B, n)
             nfe += 1
@@ -189,7 +191,7 @@ def gmres(A: LinOp, b: torch.Tensor, *, tol: float = 1e-6, max_iter: int = 50, m
         yk = np.linalg.solve(R, gv[:, :k, None])  # upper triangular, k ≤ restart: a host solve of a tiny system
         yk = torch.from_numpy(yk[:, :, 0]).to(dtype=dt, device=dev)
         x = x + torch.bmm(yk.unsqueeze(1), V[:, :k]).squeeze(1)
-        del V, v_next  # free the basis before the product below
+        del V, Vj, v_next  # free the basis (and the views into it) before the product below
         r = bf - A(x.reshape(shape)).reshape(B, n)
         nfe += 1
         res = measure(r)
