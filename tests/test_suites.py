@@ -23,7 +23,7 @@ def test_quickstart_cases_and_paper_grids():
     assert all(sp.config["evaluate"]["corruptions"]["gaussian"]["std"][-1] == 0.5 for sp in digits)
     assert all(sp.config["model"]["name"] == "mnist_compact" and sp.config["model"]["h"] == 0.5 for sp in digits)
     ex1 = load_suite(ROOT / "suites" / "paper" / "ex1_sine.yaml")
-    assert len(ex1.specs) == 25
+    assert len(ex1.specs) == 75  # theta x alpha_div (25 cells) x seeds 10, 11, 12
     assert ex1.specs[0].config["train"]["epochs"] == 3000  # the paper default comes from the task
     assert ex1.specs[0].config["model"]["dims"] == [2, 10, 10, 10, 10, 2]  # width 10, depth 3: 5 linear layers
     v1 = load_suite(ROOT / "suites" / "paper" / "v1_spirals.yaml")
